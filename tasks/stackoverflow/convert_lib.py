@@ -1,0 +1,519 @@
+"""Converts Stack Exchange dumps (`<site>/Posts.xml`) into TFF's StackOverflow SQLite format.
+
+The output is read only through TFF's real loader,
+`tff.simulation.datasets.stackoverflow.load_data(cache_dir=...)`, which uses
+`<cache_dir>/stackoverflow.sqlite` as is when present. The construction follows
+TFF's StackOverflow dataset:
+
+* an example is one sentence of a question or answer body: HTML stripped
+  (code blocks in `<pre>` dropped, inline `<code>` kept as text), entities
+  decoded, lower-cased, tokens (words and punctuation) joined by single spaces;
+* answers take their question's `title` and `tags` through `ParentId`;
+* `type` is `question` or `answer`; `tags` is `|`-joined; `creation_date` and
+  `score` are copied from the post;
+* a client is one user of one site: client id `<site>/<OwnerUserId>`.
+
+Split (documented in docs/data.md): per client, posts are ordered by
+`(CreationDate, Id)`; the newest `max(1, round(0.1 n))` posts go to `test`, the
+`round(0.1 n)` before them to `heldout`, the rest to `train`, so no post
+straddles splits and every kept client has train and test data. A client is
+kept when it has at least `min_examples` sentences and at least 2 posts.
+
+Word counts (TFF's `stackoverflow.word_count` format, `word count` per line,
+most frequent first) are computed from the train split, because TFF's own counts
+cannot be fetched offline.
+
+Parsing is a stream over lines (real dumps hold one `<row/>` per line and are
+tens of GB); examples are staged in the output SQLite file, not in memory. Only
+question titles and tags are kept in memory, for answers. Malformed rows are
+counted and reported; a file that is not a Posts.xml dump raises
+`MalformedDumpError` naming the file.
+"""
+
+import collections
+import dataclasses
+import html.parser
+import os
+import re
+import sqlite3
+import xml.etree.ElementTree as ET
+from typing import Iterator, Optional, Sequence
+
+import tensorflow as tf
+
+DATABASE_FILENAME = 'stackoverflow.sqlite'
+WORD_COUNT_FILENAME = 'stackoverflow.word_count'
+SPLITS = ('train', 'heldout', 'test')
+QUESTION, ANSWER = '1', '2'
+
+_TOKEN_RE = re.compile(r"[a-z0-9]+(?:['’][a-z0-9]+)*|[^\sa-z0-9]", re.UNICODE)
+_SENTENCE_END_RE = re.compile(r'(?<=[.!?])\s+|\n+')
+_TAGS_RE = re.compile(r'<([^<>]+)>')
+# Block-level tags whose boundaries separate sentences or words.
+_BREAK_TAGS = frozenset(
+    'p br div li ul ol blockquote h1 h2 h3 h4 h5 h6 hr tr td th table'.split()
+)
+
+
+class MalformedDumpError(ValueError):
+  """A file is not a readable Stack Exchange `Posts.xml` dump."""
+
+
+@dataclasses.dataclass
+class Post:
+  """One `<row/>` of `Posts.xml` (questions and answers only)."""
+
+  post_id: int
+  post_type: str  # QUESTION or ANSWER.
+  parent_id: Optional[int]
+  creation_date: str
+  score: int
+  body: str
+  owner: Optional[str]
+  title: str
+  tags: str  # '|'-joined.
+
+
+@dataclasses.dataclass
+class ConversionStats:
+  """Counts of what the conversion kept and dropped, for the summary."""
+
+  sites: int = 0
+  rows: int = 0
+  questions: int = 0
+  answers: int = 0
+  other_post_types: int = 0
+  malformed_rows: int = 0
+  missing_owner: int = 0
+  orphan_answers: int = 0  # Kept, with empty title and tags.
+  empty_body: int = 0
+  clients_seen: int = 0
+  clients_kept: int = 0
+  examples: dict[str, int] = dataclasses.field(default_factory=dict)
+  clients: dict[str, int] = dataclasses.field(default_factory=dict)
+  vocab_size: int = 0
+  vocab_coverage: dict[str, float] = dataclasses.field(default_factory=dict)
+  coverage_vocab_size: int = 0
+
+  def summary(self) -> str:
+    lines = [
+        f'sites: {self.sites}   rows: {self.rows}   questions: '
+        f'{self.questions}   answers: {self.answers}',
+        f'dropped rows: malformed {self.malformed_rows}, missing owner '
+        f'{self.missing_owner}, other post types {self.other_post_types}, '
+        f'empty body {self.empty_body}; answers without their question '
+        f'(kept, no title/tags): {self.orphan_answers}',
+        f'clients: {self.clients_kept} kept of {self.clients_seen}',
+    ]
+    for split in SPLITS:
+      lines.append(
+          f'  {split:8s} clients {self.clients.get(split, 0):6d}   examples '
+          f'{self.examples.get(split, 0):8d}'
+      )
+    lines.append(f'train vocabulary: {self.vocab_size} distinct tokens')
+    for split, cov in self.vocab_coverage.items():
+      lines.append(
+          f'  {split:8s} token coverage by top-{self.coverage_vocab_size} '
+          f'train words: {cov:.1%}'
+      )
+    return '\n'.join(lines)
+
+
+class _TextExtractor(html.parser.HTMLParser):
+  """Collects the text of an HTML fragment, dropping `<pre>` code blocks."""
+
+  def __init__(self):
+    super().__init__(convert_charrefs=True)
+    self.parts = []
+    self._pre_depth = 0
+
+  def handle_starttag(self, tag, attrs):
+    if tag == 'pre':
+      self._pre_depth += 1
+    if tag in _BREAK_TAGS or tag == 'pre':
+      self.parts.append('\n')
+
+  def handle_endtag(self, tag):
+    if tag == 'pre' and self._pre_depth:
+      self._pre_depth -= 1
+    if tag in _BREAK_TAGS or tag == 'pre':
+      self.parts.append('\n')
+
+  def handle_data(self, data):
+    if not self._pre_depth:
+      self.parts.append(data)
+
+
+def html_to_sentences(body: str) -> list[str]:
+  """Returns the tokenized sentences of an HTML post body.
+
+  Args:
+    body: The post's `Body` attribute, already XML-unescaped (HTML markup with
+      HTML entities).
+
+  Returns:
+    Sentences, each lower-cased tokens joined by single spaces; empty sentences
+    are dropped.
+  """
+  extractor = _TextExtractor()
+  extractor.feed(body)
+  extractor.close()
+  text = ''.join(extractor.parts).lower()
+  sentences = []
+  for chunk in _SENTENCE_END_RE.split(text):
+    tokens = _TOKEN_RE.findall(chunk)
+    if tokens:
+      sentences.append(' '.join(tokens))
+  return sentences
+
+
+def _parse_tags(raw: str) -> str:
+  # Dumps use `<a><b>` (older) or `|a|b|` (newer).
+  tags = _TAGS_RE.findall(raw) if '<' in raw else raw.strip('|').split('|')
+  return '|'.join(t for t in tags if t)
+
+
+def iter_posts(path: str, stats: ConversionStats) -> Iterator[Post]:
+  """Streams the questions and answers of one `Posts.xml`, line by line.
+
+  Args:
+    path: Path of a `Posts.xml` file (UTF-8, optional BOM, CRLF or LF).
+    stats: Updated in place with row counts and drops.
+
+  Yields:
+    `Post`s in file order.
+
+  Raises:
+    FileNotFoundError: `path` does not exist.
+    MalformedDumpError: the file is not UTF-8 or has no `<posts>` root before
+      its first row.
+  """
+  if not os.path.isfile(path):
+    raise FileNotFoundError(
+        f'{path}: no such file. Each site folder must hold the Posts.xml of a '
+        'Stack Exchange data dump.'
+    )
+  seen_root = False
+  with open(path, encoding='utf-8-sig', newline='') as f:
+    line_number = 0
+    try:
+      for line_number, line in enumerate(f, start=1):
+        line = line.strip()
+        if not line or line.startswith(('<?xml', '<!DOCTYPE', '</posts')):
+          continue
+        if line.startswith('<posts'):
+          seen_root = True
+          continue
+        if not seen_root:
+          raise MalformedDumpError(
+              f'{path}:{line_number}: expected the <posts> root element of a '
+              f'Stack Exchange Posts.xml, found {line[:60]!r}. Point the '
+              'converter at the site folders of an unpacked data dump.'
+          )
+        stats.rows += 1
+        post = _parse_row(line)
+        if post is None:
+          stats.malformed_rows += 1
+        elif post.post_type not in (QUESTION, ANSWER):
+          stats.other_post_types += 1
+        else:
+          yield post
+    except UnicodeDecodeError as e:
+      raise MalformedDumpError(
+          f'{path}: not UTF-8 text after line {line_number} ({e.reason}). Data '
+          'dumps are UTF-8; re-extract the file.'
+      ) from e
+  if not seen_root:
+    raise MalformedDumpError(
+        f'{path}: no <posts> root element; this is not a Stack Exchange '
+        'Posts.xml.'
+    )
+
+
+def _parse_row(line: str) -> Optional[Post]:
+  """Parses one `<row .../>` line; returns None for a malformed row."""
+  try:
+    row = ET.fromstring(line)
+  except ET.ParseError:
+    return None
+  if row.tag != 'row':
+    return None
+  a = row.attrib
+  try:
+    post_id = int(a['Id'])
+    parent = a.get('ParentId')
+    return Post(
+        post_id=post_id,
+        post_type=a['PostTypeId'],
+        parent_id=int(parent) if parent else None,
+        creation_date=a['CreationDate'],
+        score=int(a.get('Score', '0')),
+        body=a.get('Body', ''),
+        owner=a.get('OwnerUserId') or None,
+        title=a.get('Title', ''),
+        tags=_parse_tags(a.get('Tags', '')),
+    )
+  except (KeyError, ValueError):
+    return None
+
+
+def _example_proto(post: Post, tokens: str, title: str, tags: str) -> bytes:
+  def b(s):
+    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[s.encode()]))
+
+  features = {
+      'tokens': b(tokens),
+      'title': b(title),
+      'tags': b(tags),
+      'type': b('question' if post.post_type == QUESTION else 'answer'),
+      'creation_date': b(post.creation_date),
+      'score': tf.train.Feature(int64_list=tf.train.Int64List(value=[post.score])),
+  }
+  return tf.train.Example(
+      features=tf.train.Features(feature=features)
+  ).SerializeToString()
+
+
+def find_site_dirs(dump_dirs: Sequence[str]) -> list[tuple[str, str]]:
+  """Resolves arguments to `(site_name, Posts.xml path)` pairs.
+
+  Each argument is either a site folder holding `Posts.xml` or a folder of such
+  site folders (as `../shared/data/stackexchange/`).
+
+  Raises:
+    FileNotFoundError: an argument does not exist or holds no Posts.xml.
+    ValueError: a site name contains characters unsafe in a client id.
+  """
+  sites = []
+  for d in dump_dirs:
+    if not os.path.isdir(d):
+      raise FileNotFoundError(f'{d}: not a directory of Stack Exchange dumps.')
+    if os.path.isfile(os.path.join(d, 'Posts.xml')):
+      sites.append((os.path.basename(os.path.normpath(d)), os.path.join(d, 'Posts.xml')))
+      continue
+    found = sorted(
+        (name, os.path.join(d, name, 'Posts.xml'))
+        for name in os.listdir(d)
+        if os.path.isfile(os.path.join(d, name, 'Posts.xml'))
+    )
+    if not found:
+      raise FileNotFoundError(
+          f'{d}: holds neither Posts.xml nor site folders with a Posts.xml.'
+      )
+    sites.extend(found)
+  for name, _ in sites:
+    # TFF's SqlClientData splices client ids into SQL text.
+    if not re.fullmatch(r'[A-Za-z0-9._-]+', name):
+      raise ValueError(f'site folder name {name!r} must match [A-Za-z0-9._-]+')
+  return sites
+
+
+def convert(
+    dump_dirs: Sequence[str],
+    output_dir: str,
+    *,
+    min_examples: int = 20,
+    coverage_vocab_size: int = 10000,
+    overwrite: bool = False,
+) -> ConversionStats:
+  """Writes `stackoverflow.sqlite` and `stackoverflow.word_count` to `output_dir`.
+
+  Args:
+    dump_dirs: Site folders or folders of site folders (see `find_site_dirs`).
+    output_dir: Created if missing; becomes the `cache_dir` of TFF's loader.
+    min_examples: Minimum number of sentences (all splits) for a client to be
+      kept. TFF's StackOverflow used 100 on the full dump.
+    coverage_vocab_size: Vocabulary size used for the coverage figures.
+    overwrite: Replace an existing database; otherwise it is an error.
+
+  Returns:
+    `ConversionStats`; `summary()` gives the printed report.
+
+  Raises:
+    FileExistsError: the database exists and `overwrite` is False.
+    FileNotFoundError, MalformedDumpError, ValueError: see `iter_posts` and
+      `find_site_dirs`.
+  """
+  sites = find_site_dirs(dump_dirs)
+  os.makedirs(output_dir, exist_ok=True)
+  db_path = os.path.join(output_dir, DATABASE_FILENAME)
+  if os.path.exists(db_path) and not overwrite:
+    raise FileExistsError(f'{db_path} exists; pass overwrite=True to rebuild it.')
+  tmp_path = db_path + '.partial'
+  if os.path.exists(tmp_path):
+    os.remove(tmp_path)
+  stats = ConversionStats(sites=len(sites), coverage_vocab_size=coverage_vocab_size)
+  conn = sqlite3.connect(tmp_path)
+  try:
+    _stage_examples(conn, sites, stats)
+    _assign_splits(conn, min_examples, stats)
+    word_counts = _write_word_counts(conn, output_dir, stats)
+    _compute_coverage(conn, word_counts, coverage_vocab_size, stats)
+    _finalize_schema(conn)
+    conn.commit()
+    conn.execute('VACUUM')
+  finally:
+    conn.close()
+  os.replace(tmp_path, db_path)  # Readers never see a half-written database.
+  return stats
+
+
+def _stage_examples(conn, sites, stats):
+  conn.execute(
+      'CREATE TABLE staged (client_id TEXT, site TEXT, creation_date TEXT, '
+      'post_id INTEGER, serialized_example_proto BLOB, tokens TEXT)'
+  )
+  clients = set()
+  for site, path in sites:
+    questions = {}  # post id -> (title, tags); answers need them.
+    rows = []
+    for post in iter_posts(path, stats):
+      if post.post_type == QUESTION:
+        stats.questions += 1
+        questions[post.post_id] = (post.title, post.tags)
+        title, tags = post.title, post.tags
+      else:
+        stats.answers += 1
+        if post.parent_id in questions:
+          title, tags = questions[post.parent_id]
+        else:
+          stats.orphan_answers += 1
+          title, tags = '', ''
+      if post.owner is None:
+        stats.missing_owner += 1
+        continue
+      sentences = html_to_sentences(post.body)
+      if not sentences:
+        stats.empty_body += 1
+        continue
+      client_id = f'{site}/{post.owner}'
+      clients.add(client_id)
+      for s in sentences:
+        rows.append((client_id, site, post.creation_date, post.post_id,
+                     _example_proto(post, s, title, tags), s))
+      if len(rows) >= 10000:
+        conn.executemany('INSERT INTO staged VALUES (?,?,?,?,?,?)', rows)
+        rows.clear()
+    conn.executemany('INSERT INTO staged VALUES (?,?,?,?,?,?)', rows)
+  stats.clients_seen = len(clients)
+  conn.commit()
+
+
+def _assign_splits(conn, min_examples, stats):
+  """Per-client date-based split by post (see the module docstring)."""
+  conn.executescript(
+      f"""
+      CREATE TABLE client_posts AS
+        SELECT client_id, post_id, creation_date,
+          ROW_NUMBER() OVER (PARTITION BY client_id
+                             ORDER BY creation_date DESC, post_id DESC) AS age,
+          COUNT(*) OVER (PARTITION BY client_id) AS n_posts
+        FROM (SELECT client_id, post_id, MIN(creation_date) AS creation_date,
+                     COUNT(*) AS n_sentences
+              FROM staged GROUP BY client_id, post_id);
+      CREATE TABLE kept AS
+        SELECT client_id FROM staged GROUP BY client_id
+        HAVING COUNT(*) >= {int(min_examples)}
+           AND COUNT(DISTINCT post_id) >= 2;
+      CREATE TABLE post_split AS
+        SELECT client_id, post_id,
+          CASE
+            WHEN age <= MAX(1, CAST(ROUND(0.1 * n_posts) AS INTEGER)) THEN 'test'
+            WHEN age <= MAX(1, CAST(ROUND(0.1 * n_posts) AS INTEGER))
+                        + CAST(ROUND(0.1 * n_posts) AS INTEGER) THEN 'heldout'
+            ELSE 'train'
+          END AS split_name
+        FROM client_posts WHERE client_id IN (SELECT client_id FROM kept);
+      CREATE TABLE examples (split_name TEXT NOT NULL, client_id TEXT NOT NULL,
+                             serialized_example_proto BLOB NOT NULL,
+                             tokens TEXT NOT NULL);
+      INSERT INTO examples
+        SELECT p.split_name, s.client_id, s.serialized_example_proto, s.tokens
+        FROM staged s JOIN post_split p USING (client_id, post_id)
+        ORDER BY s.client_id, s.creation_date, s.post_id, s.rowid;
+      CREATE TABLE client_metadata (client_id TEXT NOT NULL,
+                                    split_name TEXT NOT NULL,
+                                    num_examples INTEGER NOT NULL);
+      INSERT INTO client_metadata
+        SELECT client_id, split_name, COUNT(*) FROM examples
+        GROUP BY client_id, split_name;
+      -- Extra metadata (TFF's loader ignores it): the site is a natural group.
+      CREATE TABLE client_groups AS
+        SELECT DISTINCT client_id, site AS group_id FROM staged
+        WHERE client_id IN (SELECT client_id FROM kept);
+      DROP TABLE client_posts; DROP TABLE kept; DROP TABLE post_split;
+      """
+  )
+  stats.clients_kept = conn.execute(
+      'SELECT COUNT(*) FROM client_groups'
+  ).fetchone()[0]
+  for split, n_clients, n_examples in conn.execute(
+      'SELECT split_name, COUNT(*), SUM(num_examples) FROM client_metadata '
+      'GROUP BY split_name'
+  ):
+    stats.clients[split] = n_clients
+    stats.examples[split] = n_examples
+  conn.commit()
+
+
+def _write_word_counts(conn, output_dir, stats) -> collections.Counter:
+  counts = collections.Counter()
+  for (tokens,) in conn.execute(
+      "SELECT tokens FROM examples WHERE split_name = 'train'"
+  ):
+    counts.update(tokens.split(' '))
+  stats.vocab_size = len(counts)
+  path = os.path.join(output_dir, WORD_COUNT_FILENAME)
+  with open(path + '.partial', 'w', encoding='utf-8') as f:
+    # Ties broken alphabetically so the vocabulary is deterministic.
+    for word, count in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
+      f.write(f'{word} {count}\n')
+  os.replace(path + '.partial', path)
+  return counts
+
+
+def _compute_coverage(conn, word_counts, vocab_size, stats):
+  vocab = {w for w, _ in sorted(word_counts.items(), key=lambda kv: (-kv[1], kv[0]))[:vocab_size]}
+  for split in SPLITS:
+    total = covered = 0
+    for (tokens,) in conn.execute(
+        'SELECT tokens FROM examples WHERE split_name = ?', (split,)
+    ):
+      words = tokens.split(' ')
+      total += len(words)
+      covered += sum(w in vocab for w in words)
+    if total:
+      stats.vocab_coverage[split] = covered / total
+
+
+def _finalize_schema(conn):
+  # The staging table and the helper `tokens` column are not TFF's schema.
+  conn.executescript(
+      'DROP TABLE staged; '
+      'CREATE TABLE examples_tff AS SELECT split_name, client_id, '
+      'serialized_example_proto FROM examples; DROP TABLE examples; '
+      'ALTER TABLE examples_tff RENAME TO examples; '
+      'CREATE INDEX examples_client ON examples (client_id, split_name);'
+  )
+
+
+def load_vocab(cache_dir: str, vocab_size: int) -> list[str]:
+  """Reads the `vocab_size` most frequent train words written by `convert`.
+
+  Raises:
+    FileNotFoundError: with the command that creates the file.
+  """
+  path = os.path.join(cache_dir, WORD_COUNT_FILENAME)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(
+        f'{path} not found. Create it with: bazel run //runners:convert_stackexchange '
+        f'-- --dump_dirs=../shared/data/stackexchange --output_dir={cache_dir}'
+    )
+  vocab = []
+  with open(path, encoding='utf-8') as f:
+    for line in f:
+      if len(vocab) >= vocab_size:
+        break
+      word = line.rsplit(' ', 1)[0]
+      vocab.append(word)
+  return vocab
