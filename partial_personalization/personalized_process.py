@@ -149,7 +149,6 @@ def build_personalized_process(
       personal_optimizer=personal_optimizer,
       tau_u=tau_u, tau_v=tau_v, local_unit=local_unit,
   )
-  client_eval = client_work.build_client_evaluation(**common)
 
   distributor = tff.learning.templates.build_broadcast_process(shared_type)
   aggregator = model_aggregator.create(
@@ -218,6 +217,30 @@ def build_personalized_process(
     )
     return new_state, outputs.personal_weights, measurements
 
+  return PersonalizedProcess(
+      initialize_fn, next_fn,
+      evaluate=build_personalized_evaluation(model_fn, loss_fn=loss_fn, metrics_fn=metrics_fn),
+      shared_type=shared_type, personal_type=personal_type)
+
+
+def build_personalized_evaluation(
+    model_fn: Callable[[], tff.learning.models.ReconstructionModel],
+    *,
+    loss_fn: Callable[[], tf.keras.losses.Loss],
+    metrics_fn: Optional[Callable[[], list[tf.keras.metrics.Metric]]] = None,
+) -> tff.Computation:
+  """Per-client evaluation: (u@SERVER, v@CLIENTS, data@CLIENTS) -> metrics@CLIENTS.
+
+  Each client evaluates the model (u, v_i) on its data, without training; the
+  result is one OrderedDict of unfinalized metrics per client (name -> [total,
+  count] for mean metrics, `loss` included), in client order. A
+  non-personalized model is evaluated by giving every client the same v.
+  """
+  shared_type, personal_type, data_type = model_types(model_fn)
+  client_eval = client_work.build_client_evaluation(
+      model_fn=model_fn, loss_fn=loss_fn, metrics_fn=metrics_fn,
+      shared_type=shared_type, personal_type=personal_type, data_type=data_type)
+
   @tff.federated_computation(
       tff.FederatedType(shared_type, tff.SERVER),
       tff.FederatedType(personal_type, tff.CLIENTS),
@@ -227,6 +250,4 @@ def build_personalized_process(
     return tff.federated_map(
         client_eval, (tff.federated_broadcast(shared), personal_weights, client_data))
 
-  return PersonalizedProcess(
-      initialize_fn, next_fn, evaluate=evaluate,
-      shared_type=shared_type, personal_type=personal_type)
+  return evaluate

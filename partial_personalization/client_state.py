@@ -1,0 +1,170 @@
+"""Client-resident personal weights v_i, persisted across rounds in SQLite.
+
+In a deployment v_i lives on device i; in simulation this store plays the part
+of all devices. Rows are versioned by round so that a round's writes and the
+server checkpoint commit together (see `training_loop`):
+
+1. round r's new v_i are written with `write(r, ...)` in one transaction;
+2. the server state of round r is saved (tff.program state manager);
+3. `commit(r)` records r as the last complete round.
+
+A crash anywhere leaves `committed_round` at the last complete round; on
+resume, `rollback()` drops rows newer than it, so nothing from a half-done
+round mixes with the restored server state. `commit` also prunes rows that a
+newer committed row supersedes, so the file holds about one row per client.
+
+Schema: `meta(key TEXT PRIMARY KEY, value BLOB)` with `committed_round` and
+`initial` (v_0, for clients never seen); `personal(client_id TEXT, round
+INTEGER, weights BLOB)`. Weights are `.npz` blobs of `ModelWeights` lists.
+"""
+
+import io
+import os
+import sqlite3
+from typing import Iterable, Sequence
+
+import numpy as np
+import tensorflow_federated as tff
+
+ModelWeights = tff.learning.models.ModelWeights
+
+
+class ClientStateError(RuntimeError):
+  """The store cannot be used as asked (corrupt file, structure mismatch)."""
+
+
+def serialize_weights(weights: ModelWeights) -> bytes:
+  arrays = {f't{i}': np.asarray(w) for i, w in enumerate(weights.trainable)}
+  arrays.update({f'n{i}': np.asarray(w) for i, w in enumerate(weights.non_trainable)})
+  buffer = io.BytesIO()
+  np.savez(buffer, **arrays)
+  return buffer.getvalue()
+
+
+def deserialize_weights(blob: bytes) -> ModelWeights:
+  with np.load(io.BytesIO(blob)) as data:
+    def collect(prefix):
+      keys = sorted((k for k in data.files if k.startswith(prefix)), key=lambda k: int(k[1:]))
+      return [data[k] for k in keys]
+    return ModelWeights(trainable=collect('t'), non_trainable=collect('n'))
+
+
+def _signature(weights: ModelWeights) -> list:
+  return [(np.asarray(w).shape, np.asarray(w).dtype.str)
+          for w in list(weights.trainable) + list(weights.non_trainable)]
+
+
+class ClientStateStore:
+  """Personal weights keyed by client id, with round-level commits.
+
+  Args:
+    path: SQLite file; created with `initial_personal` if missing.
+    initial_personal: v_0 given to clients never seen. For an existing store it
+      must have the same shapes and dtypes as the stored v_0.
+
+  Raises:
+    ClientStateError: the file is not a store of this kind, or v_0's structure
+      differs from the stored one (a different model or partition); the error
+      names the file and the fix.
+  """
+
+  def __init__(self, path: str, initial_personal: ModelWeights):
+    self.path = path
+    new = not os.path.exists(path)
+    try:
+      self._conn = sqlite3.connect(path, isolation_level=None)
+      self._conn.execute('PRAGMA journal_mode=WAL')
+      self._conn.execute('PRAGMA synchronous=FULL')
+      with self._transaction():
+        self._conn.execute(
+            'CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB)')
+        self._conn.execute(
+            'CREATE TABLE IF NOT EXISTS personal (client_id TEXT NOT NULL, '
+            'round INTEGER NOT NULL, weights BLOB NOT NULL, '
+            'PRIMARY KEY (client_id, round))')
+        if new:
+          self._set_meta('initial', serialize_weights(initial_personal))
+          self._set_meta('committed_round', 0)
+      self._initial = deserialize_weights(self._get_meta('initial'))
+    except (sqlite3.DatabaseError, ValueError, OSError, TypeError) as e:
+      raise ClientStateError(
+          f'{path}: not a readable client-state store ({e}). Restore it from a '
+          'backup or start a new experiment (another --experiment_name).') from e
+    if _signature(self._initial) != _signature(initial_personal):
+      raise ClientStateError(
+          f'{path}: stored personal weights have shapes {_signature(self._initial)}'
+          f' but this model needs {_signature(initial_personal)}. The run was '
+          'started with another model or personalization; use another '
+          '--experiment_name.')
+
+  def _transaction(self):
+    conn = self._conn
+
+    class _Tx:
+      def __enter__(self):
+        conn.execute('BEGIN IMMEDIATE')
+
+      def __exit__(self, exc_type, *_):
+        conn.execute('ROLLBACK' if exc_type else 'COMMIT')
+
+    return _Tx()
+
+  def _set_meta(self, key, value):
+    self._conn.execute('INSERT OR REPLACE INTO meta VALUES (?, ?)', (key, value))
+
+  def _get_meta(self, key):
+    row = self._conn.execute('SELECT value FROM meta WHERE key = ?', (key,)).fetchone()
+    if row is None:
+      raise ClientStateError(f'{self.path}: missing {key!r}; the store is corrupt.')
+    return row[0]
+
+  @property
+  def initial(self) -> ModelWeights:
+    return self._initial
+
+  @property
+  def committed_round(self) -> int:
+    return int(self._get_meta('committed_round'))
+
+  def read(self, client_ids: Sequence[str], before_round: int) -> list[ModelWeights]:
+    """Latest v_i written before `before_round` (v_0 for unseen clients)."""
+    result = []
+    for cid in client_ids:
+      row = self._conn.execute(
+          'SELECT weights FROM personal WHERE client_id = ? AND round < ? '
+          'ORDER BY round DESC LIMIT 1', (cid, before_round)).fetchone()
+      result.append(deserialize_weights(row[0]) if row else self._initial)
+    return result
+
+  def write(self, round_num: int, client_ids: Sequence[str],
+            weights: Sequence[ModelWeights]) -> None:
+    """Writes round `round_num`'s new v_i, all or nothing."""
+    if len(client_ids) != len(weights):
+      raise ValueError(f'{len(client_ids)} client ids for {len(weights)} weights')
+    with self._transaction():
+      self._conn.executemany(
+          'INSERT OR REPLACE INTO personal VALUES (?, ?, ?)',
+          [(cid, round_num, serialize_weights(w)) for cid, w in zip(client_ids, weights)])
+
+  def commit(self, round_num: int) -> None:
+    """Marks `round_num` complete and prunes rows it supersedes."""
+    with self._transaction():
+      self._set_meta('committed_round', round_num)
+      self._conn.execute(
+          'DELETE FROM personal WHERE round < (SELECT MAX(p.round) FROM personal p '
+          'WHERE p.client_id = personal.client_id AND p.round <= ?)', (round_num,))
+
+  def rollback(self) -> int:
+    """Drops rows newer than the committed round; returns how many."""
+    with self._transaction():
+      cursor = self._conn.execute(
+          'DELETE FROM personal WHERE round > ?', (self.committed_round,))
+    return cursor.rowcount
+
+  def client_ids(self) -> list[str]:
+    """Clients with stored personal weights (i.e. that trained at least once)."""
+    return [r[0] for r in self._conn.execute(
+        'SELECT DISTINCT client_id FROM personal ORDER BY client_id')]
+
+  def close(self) -> None:
+    self._conn.close()

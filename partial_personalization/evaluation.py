@@ -1,0 +1,117 @@
+"""Per-client evaluation and the personalization report (the paper's protocol).
+
+Pillutla et al., ICML 2022, Sec. 5: each client is evaluated on its own test
+split with its own personal weights v_i and the final shared u; the baseline is
+the non-personalized model on the same data. Summaries are weighted by test
+tokens (the accuracy metric's `count`): the mean (equal to pooled accuracy), the
+10th percentile of per-client accuracy, and the fractions of clients helped
+(personalized > baseline), hurt (<) and unchanged.
+"""
+
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+import tensorflow_federated as tff
+
+ModelWeights = tff.learning.models.ModelWeights
+
+
+def evaluate_clients(
+    evaluate: tff.Computation,
+    shared: ModelWeights,
+    personal: Sequence[ModelWeights],
+    datasets: Sequence,
+    client_ids: Sequence[str],
+    metric: str,
+    *,
+    chunk_size: int = 64,
+    progress: Optional[Callable] = None,
+) -> pd.DataFrame:
+  """Runs `evaluate` (u@SERVER, v@CLIENTS, data@CLIENTS) over clients in chunks.
+
+  Args:
+    evaluate: A `PersonalizedProcess.evaluate`-style federated computation.
+    shared: u. personal: v_i per client. datasets: evaluation datasets.
+    client_ids: Ids, same order. metric: the mean-type metric to report.
+    chunk_size: Clients per TFF call (bounds memory).
+    progress: Optional callable(n) to advance a progress bar.
+
+  Returns:
+    DataFrame indexed by client_id with columns `<metric>` (float), `tokens`
+    (the metric's count, float) and `loss` (mean batch loss).
+  """
+  rows = []
+  for start in range(0, len(client_ids), chunk_size):
+    end = start + chunk_size
+    results = evaluate(shared, list(personal[start:end]), list(datasets[start:end]))
+    for cid, r in zip(client_ids[start:end], results):
+      total, count = (float(x) for x in r[metric])
+      loss_total, loss_count = (float(x) for x in r['loss'])
+      rows.append(dict(client_id=cid, **{metric: total / count if count else np.nan},
+                       tokens=count, loss=loss_total / loss_count if loss_count else np.nan))
+    if progress:
+      progress(len(results))
+  return pd.DataFrame(rows).set_index('client_id')
+
+
+def weighted_quantile(values, weights, q: float) -> float:
+  """Quantile q in [0, 1] of `values` with nonnegative `weights` (inverted CDF)."""
+  values, weights = np.asarray(values, float), np.asarray(weights, float)
+  keep = weights > 0
+  values, weights = values[keep], weights[keep]
+  if not len(values):
+    return float('nan')
+  order = np.argsort(values)
+  cdf = np.cumsum(weights[order]) / weights.sum()
+  return float(values[order][np.searchsorted(cdf, q, side='left')])
+
+
+def personalization_report(
+    personalized: pd.DataFrame, baseline: pd.DataFrame, metric: str,
+    *, tolerance: float = 1e-9,
+) -> tuple[pd.DataFrame, dict]:
+  """Joins per-client results and summarizes them.
+
+  Args:
+    personalized, baseline: Outputs of `evaluate_clients` on the same clients.
+    metric: Column to compare. tolerance: |difference| at most this is unchanged.
+
+  Returns:
+    (per-client DataFrame with `personalized`, `baseline`, `delta`, `tokens`;
+     summary dict: clients, mean and p10 of both, helped/hurt/unchanged fractions).
+  """
+  df = pd.DataFrame({
+      'personalized': personalized[metric],
+      'baseline': baseline[metric].reindex(personalized.index),
+      'tokens': personalized['tokens'],
+  }).dropna()
+  df = df[df.tokens > 0]
+  df['delta'] = df.personalized - df.baseline
+  w = df.tokens
+  summary = {
+      'clients': int(len(df)),
+      'test_tokens': int(w.sum()),
+      'personalized_mean': float(np.average(df.personalized, weights=w)),
+      'baseline_mean': float(np.average(df.baseline, weights=w)),
+      'personalized_p10': weighted_quantile(df.personalized, w, 0.1),
+      'baseline_p10': weighted_quantile(df.baseline, w, 0.1),
+      'helped_fraction': float((df.delta > tolerance).mean()),
+      'hurt_fraction': float((df.delta < -tolerance).mean()),
+      'unchanged_fraction': float((df.delta.abs() <= tolerance).mean()),
+  }
+  return df, summary
+
+
+def format_summaries(summaries: dict[str, dict]) -> str:
+  """Markdown table, one row per run name."""
+  header = ('| run | clients | pers. mean | non-pers. mean | pers. p10 | '
+            'non-pers. p10 | helped | hurt |')
+  lines = [header, '|' + '---|' * 8]
+  for name, s in summaries.items():
+    lines.append(
+        f"| {name} | {s['clients']} | {s['personalized_mean']:.2%} | "
+        f"{s['baseline_mean']:.2%} | {s['personalized_p10']:.2%} | "
+        f"{s['baseline_p10']:.2%} | {s['helped_fraction']:.1%} | "
+        f"{s['hurt_fraction']:.1%} |")
+  return '\n'.join(lines)

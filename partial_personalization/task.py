@@ -1,0 +1,79 @@
+"""What an algorithm needs from a task: data, a Keras model, loss, metrics, partition.
+
+Tasks (`tasks/<name>/task.py`) return a `PersonalizationTask`. The library turns
+it into TFF models: `variable_model_fn` (for TFF's FedAvg) and
+`reconstruction_model_fn` (u global, v local: for FedAlt/FedSim and
+`build_fed_recon`). Keras variable names identify weights across both.
+"""
+
+import dataclasses
+import functools
+from typing import Any, Callable
+
+import tensorflow as tf
+import tensorflow_federated as tff
+
+from partial_personalization import partition as partition_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class PersonalizationTask:
+  """A federated task with a shared/personal split of its model.
+
+  Attributes:
+    name: Task name, e.g. 'stackoverflow'.
+    train_data, heldout_data, test_data: Raw `tff.simulation.datasets.ClientData`.
+    train_preprocess_fn: (raw dataset, int seed) -> batched training dataset;
+      the seed fixes the shuffle, so a round is reproducible.
+    eval_preprocess_fn: raw dataset -> batched evaluation dataset.
+    keras_model_fn: No-arg function building the uncompiled Keras model.
+    loss_fn: No-arg function returning a Keras loss on (labels, logits).
+    metrics_fn: No-arg function returning Keras mean-type metrics; the first is
+      the one reported per client (e.g. masked next-word accuracy).
+    input_spec: (inputs spec, labels spec) of one batch.
+    partition_name: Name of the personalization (see the task's registry).
+    partition_fn: keras model -> personal variables.
+  """
+
+  name: str
+  train_data: Any
+  heldout_data: Any
+  test_data: Any
+  train_preprocess_fn: Callable[[tf.data.Dataset, int], tf.data.Dataset]
+  eval_preprocess_fn: Callable[[tf.data.Dataset], tf.data.Dataset]
+  keras_model_fn: Callable[[], tf.keras.Model]
+  loss_fn: Callable[[], tf.keras.losses.Loss]
+  metrics_fn: Callable[[], list[tf.keras.metrics.Metric]]
+  input_spec: Any
+  partition_name: str
+  partition_fn: partition_lib.PartitionFn
+
+  @property
+  def report_metric(self) -> str:
+    with tf.Graph().as_default():
+      return self.metrics_fn()[0].name
+
+  def variable_model_fn(self) -> tff.learning.models.VariableModel:
+    return tff.learning.models.from_keras_model(
+        self.keras_model_fn(), loss=self.loss_fn(),
+        input_spec=self.input_spec, metrics=self.metrics_fn())
+
+  def reconstruction_model_fn(self) -> tff.learning.models.ReconstructionModel:
+    return partition_lib.build_reconstruction_model(
+        self.keras_model_fn(), self.partition_fn, self.input_spec)
+
+  @functools.cached_property
+  def partition(self) -> partition_lib.VariablePartition:
+    with tf.Graph().as_default():
+      return partition_lib.VariablePartition.from_model(
+          self.keras_model_fn(), self.partition_fn)
+
+  def initial_weights(self, seed: int) -> dict:
+    """Named initial weights of the Keras model, reproducible for a seed."""
+    with tf.Graph().as_default():
+      tf.keras.utils.set_random_seed(seed)
+      model = self.keras_model_fn()
+      init = tf.compat.v1.global_variables_initializer()
+      with tf.compat.v1.Session() as sess:
+        sess.run(init)
+        return dict(zip([v.name for v in model.variables], sess.run(model.variables)))

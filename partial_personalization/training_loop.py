@@ -1,0 +1,237 @@
+"""Resumable federated training: sampling, rounds, checkpoints, personal state, metrics.
+
+One loop runs TFF's FedAvg (`tff.learning.templates.LearningProcess`) and our
+FedAlt/FedSim (`PersonalizedProcess`) alike through a small adapter,
+`RoundRunner`. Run directory layout:
+
+  checkpoints/          server state, `tff.program.FileProgramStateManager`
+  client_state.sqlite   personal v_i and the last complete round (commit record)
+  metrics.csv           per-round metrics keyed by round (`CSVFileReleaseManager`)
+  tensorboard/          the same metrics as TensorBoard summaries
+  model.npz             the final global model (named weights; `--init_from`)
+
+Commit protocol (all or nothing per round): personal writes of round r, then the
+server checkpoint of round r, then `ClientStateStore.commit(r)`. On start, the
+committed round decides where to resume; checkpoints and personal rows newer
+than it are leftovers of an interrupted round and are dropped. Client sampling
+and data shuffles are functions of (seed, round), so a resumed run repeats the
+numbers of an uninterrupted one.
+"""
+
+import asyncio
+import dataclasses
+import os
+import shutil
+import time
+from typing import Any, Callable, Optional, Sequence
+
+from absl import logging
+import numpy as np
+import tensorflow_federated as tff
+import tqdm
+
+from partial_personalization import client_state
+
+ModelWeights = tff.learning.models.ModelWeights
+_CHECKPOINT_PREFIX = 'program_state_'
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint needed to resume is missing or unreadable."""
+
+
+def sample_clients(client_ids: Sequence[str], num_clients: int, seed: int,
+                   round_num: int) -> list[str]:
+  """Uniform sample without replacement, a pure function of (seed, round)."""
+  if num_clients > len(client_ids):
+    raise ValueError(
+        f'clients_per_round={num_clients} exceeds the {len(client_ids)} training clients')
+  rng = np.random.default_rng([seed, round_num])
+  return [client_ids[i] for i in sorted(rng.choice(len(client_ids), num_clients, replace=False))]
+
+
+def dataset_seed(seed: int, round_num: int, index: int) -> int:
+  """Shuffle seed of the `index`-th sampled client of a round."""
+  return int(np.random.default_rng([seed, round_num, index]).integers(2**31 - 1))
+
+
+class RoundRunner:
+  """Adapts a TFF process to the loop: initial state and one round."""
+
+  process: Any
+
+  def initialize(self) -> Any:
+    raise NotImplementedError
+
+  def run_round(self, state, round_num: int, client_ids: Sequence[str],
+                datasets: list) -> tuple[Any, dict]:
+    raise NotImplementedError
+
+  def global_weights(self, state) -> ModelWeights:
+    raise NotImplementedError
+
+
+@dataclasses.dataclass
+class FedAvgRunner(RoundRunner):
+  """TFF's `build_weighted_fed_avg` process; no personal state."""
+
+  process: tff.learning.templates.LearningProcess
+  initial_weights: Optional[ModelWeights] = None
+
+  def initialize(self):
+    state = self.process.initialize()
+    if self.initial_weights is not None:
+      state = self.process.set_model_weights(state, self.initial_weights)
+    return state
+
+  def run_round(self, state, round_num, client_ids, datasets):
+    output = self.process.next(state, datasets)
+    return output.state, output.metrics
+
+  def global_weights(self, state):
+    return self.process.get_model_weights(state)
+
+
+@dataclasses.dataclass
+class PersonalizedRunner(RoundRunner):
+  """FedAlt/FedSim: reads v_i from the store, writes the new v_i back."""
+
+  process: Any  # personalized_process.PersonalizedProcess
+  store: client_state.ClientStateStore
+  initial_shared: Optional[ModelWeights] = None
+
+  def initialize(self):
+    state = self.process.initialize()
+    if self.initial_shared is not None:
+      state = self.process.set_model_weights(state, self.initial_shared)
+    return state
+
+  def run_round(self, state, round_num, client_ids, datasets):
+    personal = self.store.read(client_ids, before_round=round_num)
+    state, new_personal, metrics = self.process.next(state, personal, datasets)
+    self.store.write(round_num, client_ids, new_personal)
+    return state, metrics
+
+  def global_weights(self, state):
+    return self.process.get_model_weights(state)
+
+
+def flatten_metrics(metrics, prefix='') -> dict[str, float]:
+  """Nested metrics -> {'client_work/loss': 1.2, ...} (scalars only)."""
+  flat = {}
+  items = metrics.items() if hasattr(metrics, 'items') else []
+  for key, value in items:
+    name = f'{prefix}{key}'
+    if hasattr(value, 'items'):
+      flat.update(flatten_metrics(value, name + '/'))
+    elif np.ndim(value) == 0:
+      flat[name] = float(value)
+  return flat
+
+
+def _checkpoint_path(checkpoint_dir: str, version: int) -> str:
+  # FileProgramStateManager's layout: <root>/<prefix><version>.
+  return os.path.join(checkpoint_dir, f'{_CHECKPOINT_PREFIX}{version}')
+
+
+@dataclasses.dataclass
+class TrainingResult:
+  state: Any
+  rounds_run: int
+  resumed_from: int
+  seconds: float
+
+
+def run_training(
+    runner: RoundRunner,
+    *,
+    run_dir: str,
+    store: client_state.ClientStateStore,
+    client_ids: Sequence[str],
+    make_dataset: Callable[[str, int], Any],
+    total_rounds: int,
+    clients_per_round: int,
+    seed: int,
+    rounds_per_checkpoint: int = 1,
+    rounds_per_eval: int = 0,
+    eval_fn: Optional[Callable[[Any, int], dict]] = None,
+    progress: bool = True,
+    stop_after_rounds: Optional[int] = None,
+) -> TrainingResult:
+  """Runs (or resumes) rounds 1..total_rounds.
+
+  Args:
+    runner: The process adapter.
+    run_dir: Output directory (see the module docstring).
+    store: The run's `ClientStateStore` (its committed round is the commit
+      record, also for FedAvg, which stores no personal weights).
+    client_ids: Training client population.
+    make_dataset: (client id, shuffle seed) -> preprocessed dataset.
+    total_rounds, clients_per_round, seed: as the runner flags.
+    rounds_per_checkpoint: Commit every k rounds (and after the last one).
+    rounds_per_eval, eval_fn: Every k rounds, `eval_fn(state, round)` returns
+      scalar metrics released with prefix `eval/`.
+    progress: Show a tqdm bar with ETA and live metrics.
+    stop_after_rounds: Stop after this many rounds of this call (tests use it
+      to simulate an interruption).
+
+  Returns:
+    `TrainingResult` with the final state.
+
+  Raises:
+    CheckpointError: the committed round's checkpoint is missing or corrupt
+      (the message names the directory); no saved state is modified then.
+  """
+  checkpoint_dir = os.path.join(run_dir, 'checkpoints')
+  state_manager = tff.program.FileProgramStateManager(
+      checkpoint_dir, prefix=_CHECKPOINT_PREFIX, keep_total=3, keep_first=False)
+  releases = [
+      tff.program.CSVFileReleaseManager(os.path.join(run_dir, 'metrics.csv'), key_fieldname='round'),
+      tff.program.TensorBoardReleaseManager(os.path.join(run_dir, 'tensorboard')),
+  ]
+  state = runner.initialize()
+  committed = store.committed_round
+  if committed > 0:
+    path = _checkpoint_path(checkpoint_dir, committed)
+    try:
+      state = asyncio.run(state_manager.load(committed, state))
+    except Exception as e:
+      raise CheckpointError(
+          f'cannot resume: round {committed} is committed in {store.path} but its '
+          f'checkpoint {path} is missing or unreadable ({type(e).__name__}: {e}). '
+          'Restore that directory, or start a new run with another '
+          '--experiment_name. Nothing was deleted.') from e
+    logging.info('Resuming after round %d from %s', committed, path)
+  # Leftovers of an interrupted round: checkpoints and personal rows past the commit.
+  for version in asyncio.run(state_manager.get_versions()) or []:
+    if version > committed:
+      shutil.rmtree(_checkpoint_path(checkpoint_dir, version))
+  dropped = store.rollback()
+  if dropped:
+    logging.info('Dropped %d personal-state rows of an interrupted round', dropped)
+
+  start = time.time()
+  last = total_rounds if stop_after_rounds is None else min(total_rounds, committed + stop_after_rounds)
+  bar = tqdm.tqdm(total=total_rounds, initial=committed, disable=not progress,
+                  unit='round', dynamic_ncols=True, desc=os.path.basename(run_dir))
+  try:
+    for round_num in range(committed + 1, last + 1):
+      ids = sample_clients(client_ids, clients_per_round, seed, round_num)
+      datasets = [make_dataset(cid, dataset_seed(seed, round_num, i)) for i, cid in enumerate(ids)]
+      state, metrics = runner.run_round(state, round_num, ids, datasets)
+      flat = {f'train/{k}': v for k, v in flatten_metrics(metrics).items()}
+      if eval_fn is not None and rounds_per_eval and (
+          round_num % rounds_per_eval == 0 or round_num == total_rounds):
+        flat.update({f'eval/{k}': v for k, v in eval_fn(state, round_num).items()})
+      for release in releases:
+        asyncio.run(release.release(flat, key=round_num))
+      if round_num % rounds_per_checkpoint == 0 or round_num == last:
+        asyncio.run(state_manager.save(state, round_num))
+        store.commit(round_num)
+      bar.set_postfix({k.split('/')[-1]: f'{v:.4g}' for k, v in flat.items()
+                       if k.endswith(('loss', 'accuracy'))})
+      bar.update(1)
+  finally:
+    bar.close()
+  return TrainingResult(state=state, rounds_run=last - committed,
+                        resumed_from=committed, seconds=time.time() - start)

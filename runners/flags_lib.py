@@ -1,0 +1,81 @@
+"""absl flags of the runners (TFF research conventions) and the TFF runtime lifecycle."""
+
+import contextlib
+import dataclasses
+import gc
+
+from absl import flags
+
+from runners import train_lib
+
+FLAGS = flags.FLAGS
+
+_HELP = {
+    'experiment_name': 'Name of the run; outputs go to <root_output_dir>/<experiment_name>.',
+    'root_output_dir': 'Root folder of all runs.',
+    'task': 'Task name.',
+    'cache_dir': 'Folder with the task data (for stackoverflow: stackoverflow.sqlite and .word_count).',
+    'algorithm': 'fedavg (TFF, non-personalized), fedalt or fedsim.',
+    'personalization': 'Which parameters are personal: none, last_block, first_block, adapter, full.',
+    'model_size': 'tiny or mini (the paper\'s 5.7M-parameter transformer).',
+    'adapter_size': 'Adapter bottleneck size (0: no adapters).',
+    'vocab_size': 'Vocabulary words (tokens = words + 4).',
+    'client_optimizer': 'Local optimizer of u (and v).',
+    'client_learning_rate': 'Local learning rate of u.',
+    'personal_learning_rate': 'Local learning rate of v (default: client_learning_rate).',
+    'server_optimizer': 'Server optimizer applied to the mean update of u.',
+    'server_learning_rate': 'Server learning rate.',
+    'total_rounds': 'Number of rounds.',
+    'clients_per_round': 'Clients sampled per round (m).',
+    'client_batch_size': 'Local batch size.',
+    'max_examples_per_client': 'Cap on examples a client uses per round.',
+    'tau_u': 'Local epochs/steps on the shared part u.',
+    'tau_v': 'Local epochs/steps on the personal part v (FedAlt).',
+    'local_unit': 'Unit of tau_u and tau_v: epochs or steps.',
+    'rounds_per_eval': 'Evaluate on heldout data every k rounds (0: never).',
+    'eval_clients': 'Clients in the periodic heldout evaluation.',
+    'rounds_per_checkpoint': 'Commit (checkpoint) every k rounds.',
+    'seed': 'Seed of initialization, client sampling and shuffles.',
+    'init_from': 'Start from this run directory\'s model.npz (e.g. FedAvg pretraining).',
+    'baseline_model': 'Non-personalized model (run dir or .npz) for the report; default: the start model.',
+    'report': 'Write the per-client report at the end (personalized runs).',
+    'progress': 'Show progress bars.',
+}
+
+
+def define_train_flags():
+  """Defines one flag per `TrainConfig` field, with its default."""
+  for field in dataclasses.fields(train_lib.TrainConfig):
+    default = field.default
+    help_text = _HELP[field.name]
+    if field.name == 'experiment_name':
+      flags.DEFINE_string(field.name, None, help_text, required=True)
+    elif field.type in ('bool', bool):
+      flags.DEFINE_bool(field.name, default, help_text)
+    elif field.type in ('int', int):
+      flags.DEFINE_integer(field.name, default, help_text)
+    elif field.type in ('float', float) or 'float' in str(field.type):
+      flags.DEFINE_float(field.name, default, help_text)
+    else:
+      flags.DEFINE_string(field.name, default, help_text)
+
+
+def config_from_flags(**overrides) -> train_lib.TrainConfig:
+  values = {f.name: FLAGS[f.name].value for f in dataclasses.fields(train_lib.TrainConfig)}
+  values.update(overrides)
+  return train_lib.TrainConfig(**values)
+
+
+@contextlib.contextmanager
+def tff_runtime():
+  """Runs the body with TFF's local runtime and shuts its worker down after.
+
+  TFF's worker_binary can outlive Python at exit (and hold pipes open); a fresh
+  context is installed and the old one collected while modules are alive.
+  """
+  import tensorflow_federated as tff
+  try:
+    yield
+  finally:
+    tff.backends.native.set_sync_local_cpp_execution_context()
+    gc.collect()

@@ -1,0 +1,31 @@
+"""Trains FedAvg, FedAlt or FedSim on a task; resumable; see runners/train_lib.py.
+
+  bazel run //runners:train -- --algorithm=fedalt --personalization=last_block \
+      --experiment_name=so_fedalt --init_from=output/so_fedavg
+"""
+
+import dataclasses
+
+from absl import app
+from absl import flags
+
+from runners import flags_lib
+from runners import train_lib
+
+flags_lib.define_train_flags()
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  config = flags_lib.config_from_flags()
+  with flags_lib.tff_runtime():
+    result = train_lib.train(config)
+  if result['summary']:
+    from partial_personalization import evaluation
+    print(evaluation.format_summaries({config.experiment_name: result['summary']}))
+  print(f"run directory: {result['run_dir']}")
+
+
+if __name__ == '__main__':
+  app.run(main)
