@@ -2,10 +2,11 @@
 
 import contextlib
 import dataclasses
-import gc
+import os
 
 from absl import flags
 
+from partial_personalization import runtime
 from runners import train_lib
 
 FLAGS = flags.FLAGS
@@ -60,9 +61,25 @@ def define_train_flags():
       flags.DEFINE_string(field.name, default, help_text)
 
 
+_PATH_FIELDS = ('root_output_dir', 'cache_dir', 'init_from', 'baseline_model')
+
+
+def resolve_path(path):
+  """Relative paths are relative to where the user ran the command.
+
+  `bazel run` starts binaries in their runfiles tree; it exports the user's
+  workspace as BUILD_WORKSPACE_DIRECTORY, against which relative paths resolve.
+  """
+  if path is None or os.path.isabs(path):
+    return path
+  return os.path.join(os.environ.get('BUILD_WORKSPACE_DIRECTORY', os.getcwd()), path)
+
+
 def config_from_flags(**overrides) -> train_lib.TrainConfig:
   values = {f.name: FLAGS[f.name].value for f in dataclasses.fields(train_lib.TrainConfig)}
   values.update(overrides)
+  for name in _PATH_FIELDS:
+    values[name] = resolve_path(values[name])
   return train_lib.TrainConfig(**values)
 
 
@@ -70,12 +87,9 @@ def config_from_flags(**overrides) -> train_lib.TrainConfig:
 def tff_runtime():
   """Runs the body with TFF's local runtime and shuts its worker down after.
 
-  TFF's worker_binary can outlive Python at exit (and hold pipes open); a fresh
-  context is installed and the old one collected while modules are alive.
+  Also on errors and Ctrl-C, so no worker process is left behind.
   """
-  import tensorflow_federated as tff
   try:
     yield
   finally:
-    tff.backends.native.set_sync_local_cpp_execution_context()
-    gc.collect()
+    runtime.shutdown_tff_runtime()

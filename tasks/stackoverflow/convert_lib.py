@@ -15,7 +15,8 @@ TFF's StackOverflow dataset:
 
 Split (documented in docs/data.md): per client, posts are ordered by
 `(CreationDate, Id)`; the newest `max(1, round(0.1 n))` posts go to `test`, the
-`round(0.1 n)` before them to `heldout`, the rest to `train`, so no post
+`max(1, round(0.1 n))` before them to `heldout` (none when n < 3), the rest to
+`train`, so no post
 straddles splits and every kept client has train and test data. A client is
 kept when it has at least `min_examples` sentences and at least 2 posts.
 
@@ -334,11 +335,11 @@ def convert(
     FileNotFoundError, MalformedDumpError, ValueError: see `iter_posts` and
       `find_site_dirs`.
   """
-  sites = find_site_dirs(dump_dirs)
-  os.makedirs(output_dir, exist_ok=True)
   db_path = os.path.join(output_dir, DATABASE_FILENAME)
   if os.path.exists(db_path) and not overwrite:
-    raise FileExistsError(f'{db_path} exists; pass overwrite=True to rebuild it.')
+    raise FileExistsError(f'{db_path} exists; pass overwrite=True (--overwrite) to rebuild it.')
+  sites = find_site_dirs(dump_dirs)
+  os.makedirs(output_dir, exist_ok=True)
   tmp_path = db_path + '.partial'
   if os.path.exists(tmp_path):
     os.remove(tmp_path)
@@ -419,8 +420,8 @@ def _assign_splits(conn, min_examples, stats):
         SELECT client_id, post_id,
           CASE
             WHEN age <= MAX(1, CAST(ROUND(0.1 * n_posts) AS INTEGER)) THEN 'test'
-            WHEN age <= MAX(1, CAST(ROUND(0.1 * n_posts) AS INTEGER))
-                        + CAST(ROUND(0.1 * n_posts) AS INTEGER) THEN 'heldout'
+            WHEN n_posts >= 3 AND age <= MAX(1, CAST(ROUND(0.1 * n_posts) AS INTEGER))
+                        + MAX(1, CAST(ROUND(0.1 * n_posts) AS INTEGER)) THEN 'heldout'
             ELSE 'train'
           END AS split_name
         FROM client_posts WHERE client_id IN (SELECT client_id FROM kept);

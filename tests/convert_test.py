@@ -1,0 +1,166 @@
+"""Stack Exchange dump -> TFF StackOverflow SQLite, read back through TFF's loader."""
+
+import collections
+import os
+import sqlite3
+import sys
+
+import pytest
+import tensorflow_federated as tff
+
+from tasks.stackoverflow import convert_lib
+
+# A hand-written dump with the real-world quirks: BOM, DOCTYPE, CRLF, HTML
+# entities, code blocks, an answer whose question is missing, a missing owner,
+# a non-question/answer post, and malformed rows.
+_SITE_A = (
+    '\ufeff<?xml version="1.0" encoding="utf-8"?>\r\n'
+    "<!DOCTYPE posts SYSTEM 'posts.dtd'>\r\n"
+    '<posts>\r\n'
+    '  <row Id="1" PostTypeId="1" CreationDate="2020-01-01T00:00:00.000" Score="3" '
+    'Body="&lt;p&gt;How do I print &amp;amp; flush? It fails.&lt;/p&gt;&#xA;'
+    '&lt;pre&gt;&lt;code&gt;secret_code_token()&lt;/code&gt;&lt;/pre&gt;&#xA;'
+    '&lt;p&gt;I use &lt;code&gt;printf&lt;/code&gt; now.&lt;/p&gt;" OwnerUserId="7" '
+    'Title="Printing &amp;amp; flushing" Tags="&lt;c&gt;&lt;io&gt;" />\r\n'
+    '  <row Id="2" PostTypeId="2" ParentId="1" CreationDate="2020-01-02T00:00:00.000" '
+    'Score="1" Body="&lt;p&gt;Call fflush. Done!&lt;/p&gt;" OwnerUserId="8" />\r\n'
+    '  <row Id="3" PostTypeId="2" ParentId="999" CreationDate="2020-01-03T00:00:00.000" '
+    'Score="0" Body="&lt;p&gt;Orphan answer here.&lt;/p&gt;" OwnerUserId="8" />\r\n'
+    '  <row Id="4" PostTypeId="1" CreationDate="2020-01-04T00:00:00.000" Score="0" '
+    'Body="&lt;p&gt;Nobody owns this.&lt;/p&gt;" Title="Ghost" Tags="&lt;x&gt;" />\r\n'
+    '  <row Id="5" PostTypeId="5" CreationDate="2020-01-05T00:00:00.000" Score="0" '
+    'Body="&lt;p&gt;Tag wiki.&lt;/p&gt;" OwnerUserId="7" />\r\n'
+    '  <row Id="6" PostTypeId="1" CreationDate="broken row\r\n'
+    '  <row Id="oops" PostTypeId="1" CreationDate="2020-01-06T00:00:00.000" Body="x" />\r\n'
+    '  <row Id="7" PostTypeId="1" CreationDate="2020-02-01T00:00:00.000" Score="2" '
+    'Body="&lt;p&gt;Second question. Another sentence?&lt;/p&gt;" OwnerUserId="7" '
+    'Title="Second" Tags="|c|perf|" />\r\n'
+    '  <row Id="8" PostTypeId="2" ParentId="7" CreationDate="2020-02-02T00:00:00.000" '
+    'Score="0" Body="&lt;p&gt;Use a profiler.&lt;/p&gt;" OwnerUserId="8" />\r\n'
+    '  <row Id="9" PostTypeId="2" ParentId="7" CreationDate="2020-03-01T00:00:00.000" '
+    'Score="0" Body="&lt;p&gt;Late answer.&lt;/p&gt;" OwnerUserId="7" />\r\n'
+    '</posts>\r\n'
+)
+# One user with a single post: never kept (no train/test split possible).
+_SITE_B = (
+    '<?xml version="1.0" encoding="utf-8"?>\n<posts>\n'
+    '  <row Id="1" PostTypeId="1" CreationDate="2021-01-01T00:00:00.000" Score="0" '
+    'Body="&lt;p&gt;One. Two. Three.&lt;/p&gt;" OwnerUserId="1" Title="T" Tags="&lt;a&gt;" />\n'
+    '</posts>\n'
+)
+
+
+@pytest.fixture(scope='module')
+def converted(tmp_path_factory):
+  root = tmp_path_factory.mktemp('dumps')
+  for site, text in (('a.stackexchange.com', _SITE_A), ('b.stackexchange.com', _SITE_B)):
+    os.makedirs(root / site)
+    (root / site / 'Posts.xml').write_bytes(text.encode('utf-8'))
+  out = tmp_path_factory.mktemp('cache')
+  stats = convert_lib.convert([str(root)], str(out), min_examples=2)
+  return stats, str(out)
+
+
+def test_counts_of_kept_and_dropped_rows(converted):
+  stats, _ = converted
+  assert stats.sites == 2
+  assert stats.malformed_rows == 2          # the broken line and the non-integer Id
+  assert stats.missing_owner == 1
+  assert stats.other_post_types == 1
+  assert stats.orphan_answers == 1
+  assert (stats.questions, stats.answers) == (4, 4)
+  assert stats.clients_seen == 3 and stats.clients_kept == 2
+
+
+def _examples(cache_dir):
+  train, heldout, test = tff.simulation.datasets.stackoverflow.load_data(cache_dir=cache_dir)
+  out = collections.defaultdict(list)
+  for split_name, data in (('train', train), ('heldout', heldout), ('test', test)):
+    for cid in data.client_ids:
+      for ex in data.create_tf_dataset_for_client(cid):
+        out[cid].append((split_name, {k: v.numpy() for k, v in ex.items()}))
+  return out
+
+
+def test_examples_through_tff_loader(converted):
+  _, cache_dir = converted
+  examples = _examples(cache_dir)
+  assert sorted(examples) == ['a.stackexchange.com/7', 'a.stackexchange.com/8']
+  tokens = [ex['tokens'].decode() for exs in examples.values() for _, ex in exs]
+  # Entities decoded, lower-cased, punctuation split, sentences split.
+  assert 'how do i print & flush ?' in tokens
+  assert 'it fails .' in tokens
+  assert 'i use printf now .' in tokens           # inline <code> kept
+  assert not any('secret_code_token' in t for t in tokens)  # <pre> dropped
+  answer = next(ex for _, ex in examples['a.stackexchange.com/8']
+                if ex['tokens'] == b'call fflush .')
+  assert answer['type'] == b'answer'
+  assert answer['title'] == b'Printing &amp; flushing'  # Title attribute is HTML text
+  assert answer['tags'] == b'c|io'
+  orphan = next(ex for _, ex in examples['a.stackexchange.com/8']
+                if ex['tokens'] == b'orphan answer here .')
+  assert orphan['title'] == b'' and orphan['tags'] == b''
+  second = next(ex for _, ex in examples['a.stackexchange.com/7']
+                if ex['tokens'] == b'second question .')
+  assert second['tags'] == b'c|perf' and second['score'] == 2
+
+
+def test_split_is_per_client_by_date_and_post(converted):
+  _, cache_dir = converted
+  for cid, exs in _examples(cache_dir).items():
+    splits = {s for s, _ in exs}
+    assert {'train', 'test'} <= splits, cid
+    last_train = max(ex['creation_date'] for s, ex in exs if s == 'train')
+    first_test = min(ex['creation_date'] for s, ex in exs if s == 'test')
+    assert last_train < first_test
+    by_date = collections.defaultdict(set)   # all sentences of a post share a date
+    for s, ex in exs:
+      by_date[ex['creation_date']].add(s)
+    assert all(len(s) == 1 for s in by_date.values())
+
+
+def test_word_counts_come_from_train_split(converted):
+  _, cache_dir = converted
+  counts = collections.Counter()
+  train, _, _ = tff.simulation.datasets.stackoverflow.load_data(cache_dir=cache_dir)
+  for cid in train.client_ids:
+    for ex in train.create_tf_dataset_for_client(cid):
+      counts.update(ex['tokens'].numpy().decode().split(' '))
+  with open(os.path.join(cache_dir, convert_lib.WORD_COUNT_FILENAME)) as f:
+    written = {w: int(c) for w, c in (line.rsplit(' ', 1) for line in f)}
+  assert written == dict(counts)
+  assert convert_lib.load_vocab(cache_dir, 3) == [
+      w for w, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:3]]
+
+
+def test_tff_schema_only(converted):
+  _, cache_dir = converted
+  conn = sqlite3.connect(os.path.join(cache_dir, convert_lib.DATABASE_FILENAME))
+  cols = [r[1] for r in conn.execute('PRAGMA table_info(examples)')]
+  assert cols == ['split_name', 'client_id', 'serialized_example_proto']
+  tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+  assert tables == {'examples', 'client_metadata', 'client_groups'}
+
+
+def test_malformed_file_is_a_clear_error(tmp_path):
+  site = tmp_path / 'bad.stackexchange.com'
+  os.makedirs(site)
+  (site / 'Posts.xml').write_text('<users>\n<row Id="1" />\n</users>\n')
+  with pytest.raises(convert_lib.MalformedDumpError, match='bad.stackexchange.com/Posts.xml'):
+    convert_lib.convert([str(tmp_path)], str(tmp_path / 'out'))
+  (site / 'Posts.xml').write_bytes(b'<posts>\n<row Id="1" Body="\xff\xfe" />\n')
+  with pytest.raises(convert_lib.MalformedDumpError, match='not UTF-8'):
+    convert_lib.convert([str(tmp_path)], str(tmp_path / 'out'))
+  assert not os.path.exists(tmp_path / 'out' / convert_lib.DATABASE_FILENAME)
+
+
+def test_missing_input_and_existing_output(tmp_path, converted):
+  with pytest.raises(FileNotFoundError, match='Posts.xml'):
+    convert_lib.convert([str(tmp_path)], str(tmp_path / 'out'))
+  _, cache_dir = converted
+  with pytest.raises(FileExistsError, match='overwrite'):
+    convert_lib.convert([str(tmp_path)], cache_dir)
+
+
+if __name__ == '__main__':
+  sys.exit(pytest.main([__file__, '-q']))
