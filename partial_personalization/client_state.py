@@ -72,6 +72,7 @@ class ClientStateStore:
     self.path = path
     new = not os.path.exists(path)
     try:
+      os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
       self._conn = sqlite3.connect(path, isolation_level=None)
       self._conn.execute('PRAGMA journal_mode=WAL')
       self._conn.execute('PRAGMA synchronous=FULL')

@@ -1,0 +1,88 @@
+"""The SQLite client-state store: persistence, round commits, rollback, bad files."""
+
+import sqlite3
+import sys
+
+import numpy as np
+import pytest
+import tensorflow_federated as tff
+
+from partial_personalization import client_state
+
+MW = tff.learning.models.ModelWeights
+
+
+def _w(x):
+  return MW([np.full([2, 3], x, np.float32), np.array([x], np.float32)], [np.int64(7)])
+
+
+def _value(w):
+  return float(w.trainable[1][0])
+
+
+def test_unseen_clients_get_initial_and_writes_persist(tmp_path):
+  path = str(tmp_path / 's.sqlite')
+  store = client_state.ClientStateStore(path, _w(0.0))
+  assert [_value(w) for w in store.read(['a', 'b'], before_round=1)] == [0.0, 0.0]
+  store.write(1, ['a'], [_w(1.0)])
+  store.commit(1)
+  store.write(2, ['a', 'b'], [_w(2.0), _w(2.5)])
+  store.commit(2)
+  store.close()
+  reopened = client_state.ClientStateStore(path, _w(0.0))
+  assert reopened.committed_round == 2
+  got = reopened.read(['a', 'b', 'c'], before_round=3)
+  assert [_value(w) for w in got] == [2.0, 2.5, 0.0]
+  assert got[0].trainable[0].shape == (2, 3) and got[0].non_trainable[0] == 7
+  assert reopened.client_ids() == ['a', 'b']
+
+
+def test_rollback_drops_uncommitted_rounds_only(tmp_path):
+  store = client_state.ClientStateStore(str(tmp_path / 's.sqlite'), _w(0.0))
+  store.write(1, ['a'], [_w(1.0)])
+  store.commit(1)
+  store.write(2, ['a', 'b'], [_w(2.0), _w(2.0)])   # round 2 never committed
+  assert store.rollback() == 2
+  assert [_value(w) for w in store.read(['a', 'b'], before_round=10)] == [1.0, 0.0]
+
+
+def test_uncommitted_rounds_between_checkpoints_survive_until_commit(tmp_path):
+  store = client_state.ClientStateStore(str(tmp_path / 's.sqlite'), _w(0.0))
+  store.write(1, ['a'], [_w(1.0)])
+  store.write(2, ['a'], [_w(2.0)])
+  # Round 3 of the same process reads round 2's uncommitted write.
+  assert _value(store.read(['a'], before_round=3)[0]) == 2.0
+  store.commit(2)
+  rows = store._conn.execute('SELECT round FROM personal').fetchall()
+  assert rows == [(2,)]   # round 1's row is superseded and pruned
+
+
+def test_structure_mismatch_is_a_clear_error(tmp_path):
+  path = str(tmp_path / 's.sqlite')
+  client_state.ClientStateStore(path, _w(0.0)).close()
+  other = MW([np.zeros([4], np.float32)], [])
+  with pytest.raises(client_state.ClientStateError, match='experiment_name'):
+    client_state.ClientStateStore(path, other)
+
+
+def test_corrupt_file_is_a_clear_error_and_is_kept(tmp_path):
+  path = tmp_path / 's.sqlite'
+  path.write_bytes(b'this is not sqlite' * 100)
+  with pytest.raises(client_state.ClientStateError, match='not a readable client-state store'):
+    client_state.ClientStateStore(str(path), _w(0.0))
+  assert path.read_bytes() == b'this is not sqlite' * 100
+
+
+def test_failed_write_is_all_or_nothing(tmp_path):
+  store = client_state.ClientStateStore(str(tmp_path / 's.sqlite'), _w(0.0))
+  with pytest.raises(ValueError):
+    store.write(1, ['a', 'b'], [_w(1.0)])
+  store._conn.execute('CREATE TRIGGER fail BEFORE INSERT ON personal WHEN NEW.client_id = "b" '
+                      'BEGIN SELECT RAISE(ABORT, "disk full"); END')
+  with pytest.raises(sqlite3.DatabaseError):
+    store.write(1, ['a', 'b'], [_w(1.0), _w(1.0)])
+  assert store._conn.execute('SELECT COUNT(*) FROM personal').fetchone()[0] == 0
+
+
+if __name__ == '__main__':
+  sys.exit(pytest.main([__file__, '-q']))

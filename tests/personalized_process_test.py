@@ -1,0 +1,131 @@
+"""FedAlt and FedSim update rules, step by step, against a plain-Python reference.
+
+Reference (Pillutla et al., ICML 2022, Algorithm 1) on the model
+prediction = (u + v) x with squared loss, batch size 1, so the gradient of
+either scalar is g = 2 ((u + v) x - y) x.
+"""
+
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_federated as tff
+
+from partial_personalization import personalized_process
+import testing_models as tm
+
+LR, PERSONAL_LR = 0.1, 0.05
+CLIENTS = {  # (x, y) examples; different sizes to check the weighted mean.
+    'a': ([1.0, 2.0], [2.0, 1.0]),
+    'b': ([0.5, -1.0, 1.5], [1.0, 0.0, 2.0]),
+}
+
+
+def _grad(u, v, x, y):
+  return 2.0 * ((u + v) * x - y) * x
+
+
+def reference_client(u, v, xs, ys, *, alternating, tau_u, tau_v, steps=False):
+  """Returns (u_local, v_local, examples in the u pass)."""
+  def batches(tau):
+    pairs = list(zip(xs, ys))
+    if steps:
+      return [pairs[i % len(pairs)] for i in range(tau)]
+    return pairs * tau
+
+  if alternating:
+    for x, y in batches(tau_v):
+      v -= PERSONAL_LR * _grad(u, v, x, y)
+    seen = batches(tau_u)
+    for x, y in seen:
+      u -= LR * _grad(u, v, x, y)
+  else:
+    seen = batches(tau_u)
+    for x, y in seen:
+      g = _grad(u, v, x, y)       # one gradient for both, at the same point
+      u, v = u - LR * g, v - PERSONAL_LR * g
+  return u, v, len(seen)
+
+
+def reference_round(u, vs, *, server_lr=1.0, **kwargs):
+  updates, weights, new_vs = [], [], []
+  for (xs, ys), v in zip(CLIENTS.values(), vs):
+    u_local, v_local, n = reference_client(u, v, xs, ys, **kwargs)
+    updates.append(u - u_local)
+    weights.append(n)
+    new_vs.append(v_local)
+  mean_update = np.dot(updates, weights) / np.sum(weights)
+  return u - server_lr * mean_update, new_vs
+
+
+def _process(algorithm, tau_u=1, tau_v=1, local_unit='epochs', server_lr=1.0):
+  return personalized_process.build_personalized_process(
+      tm.model_fn, loss_fn=tf.keras.losses.MeanSquaredError, algorithm=algorithm,
+      client_optimizer=tff.learning.optimizers.build_sgdm(LR),
+      personal_optimizer=tff.learning.optimizers.build_sgdm(PERSONAL_LR),
+      server_optimizer=tff.learning.optimizers.build_sgdm(server_lr),
+      tau_u=tau_u, tau_v=tau_v, local_unit=local_unit)
+
+
+@pytest.mark.parametrize('algorithm,tau_u,tau_v,unit,server_lr', [
+    ('fedalt', 1, 1, 'epochs', 1.0),
+    ('fedalt', 2, 3, 'epochs', 0.5),
+    ('fedalt', 3, 2, 'steps', 1.0),
+    ('fedsim', 1, 1, 'epochs', 1.0),
+    ('fedsim', 4, 1, 'steps', 0.5),
+])
+def test_two_rounds_match_reference(algorithm, tau_u, tau_v, unit, server_lr):
+  process = _process(algorithm, tau_u, tau_v, unit, server_lr)
+  state = process.initialize()
+  state = process.set_model_weights(state, tm.weights(0.3))
+  u, vs = 0.3, [0.25, -0.5]
+  personal = [tm.weights(v) for v in vs]
+  datasets = [tm.dataset(*xy) for xy in CLIENTS.values()]
+  for _ in range(2):
+    state, personal, metrics = process.next(state, personal, datasets)
+    u, vs = reference_round(u, vs, server_lr=server_lr, alternating=(algorithm == 'fedalt'),
+                            tau_u=tau_u, tau_v=tau_v, steps=(unit == 'steps'))
+    assert tm.scalar(process.get_model_weights(state)) == pytest.approx(u, rel=1e-5)
+    assert [tm.scalar(p) for p in personal] == pytest.approx(vs, rel=1e-5)
+    assert metrics['client_work']['loss'] > 0
+
+
+def test_fedalt_and_fedsim_differ():
+  # Same start, one round: FedAlt moves v first, so its u update differs.
+  results = []
+  for algorithm in ('fedalt', 'fedsim'):
+    process = _process(algorithm)
+    state = process.set_model_weights(process.initialize(), tm.weights(0.3))
+    state, _, _ = process.next(state, [tm.weights(0.25), tm.weights(-0.5)],
+                               [tm.dataset(*xy) for xy in CLIENTS.values()])
+    results.append(tm.scalar(process.get_model_weights(state)))
+  assert results[0] != pytest.approx(results[1], rel=1e-4)
+
+
+def test_evaluation_is_per_client_and_does_not_train():
+  process = _process('fedalt')
+  results = process.evaluate(tm.weights(1.0), [tm.weights(0.0), tm.weights(1.0)],
+                             [tm.dataset(*xy) for xy in CLIENTS.values()])
+  for (xs, ys), v, r in zip(CLIENTS.values(), (0.0, 1.0), results):
+    losses = [((1.0 + v) * x - y) ** 2 for x, y in zip(xs, ys)]
+    total, count = r['loss']
+    assert count == len(xs)
+    assert total / count == pytest.approx(np.mean(losses), rel=1e-5)
+
+
+def test_bad_arguments_are_named():
+  with pytest.raises(ValueError, match='algorithm'):
+    _process('fedavg')
+  with pytest.raises(ValueError, match='local_unit'):
+    _process('fedalt', local_unit='minutes')
+  with pytest.raises(ValueError, match='nothing to federate'):
+    personalized_process.build_personalized_process(
+        lambda: tm.partition_lib.build_reconstruction_model(
+            tm.keras_model_fn(), lambda m: m.variables, tm.INPUT_SPEC),
+        loss_fn=tf.keras.losses.MeanSquaredError,
+        client_optimizer=tff.learning.optimizers.build_sgdm(LR))
+
+
+if __name__ == '__main__':
+  sys.exit(pytest.main([__file__, '-q']))
