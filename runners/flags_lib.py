@@ -5,6 +5,7 @@ import dataclasses
 import os
 
 from absl import flags
+from absl import logging
 
 from partial_personalization import runtime
 from runners import train_lib
@@ -81,6 +82,12 @@ def config_from_flags(**overrides) -> train_lib.TrainConfig:
   for name in _PATH_FIELDS:
     values[name] = resolve_path(values[name])
   return train_lib.TrainConfig(**values)
+
+
+def quiet_logs():
+  """INFO logs (TFF's per-checkpoint lines) would break the progress bar; --verbosity overrides."""
+  if not FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)
 
 
 @contextlib.contextmanager

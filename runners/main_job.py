@@ -33,7 +33,7 @@ _MIN_EXAMPLES = flags.DEFINE_integer(
     'clients of all 18 sites, few enough that each trains its personal part '
     'about twice in the default budget.')
 _PRETRAIN_ROUNDS = flags.DEFINE_integer('pretrain_rounds', 30, 'FedAvg pretraining rounds.')
-_ROUNDS = flags.DEFINE_integer('rounds', 30, 'Rounds of each run after pretraining.')
+_ROUNDS = flags.DEFINE_integer('rounds', 25, 'Rounds of each run after pretraining.')
 _CLIENTS_PER_ROUND = flags.DEFINE_integer('clients_per_round', 12, 'Clients per round.')
 _PERSONALIZATION = flags.DEFINE_string('personalization', 'last_block', 'Personal part.')
 _MODEL_SIZE = flags.DEFINE_string('model_size', 'tiny', 'tiny or mini.')
@@ -58,6 +58,7 @@ def _config(name, **kwargs) -> train_lib.TrainConfig:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  flags_lib.quiet_logs()
   out = flags_lib.resolve_path(_OUTPUT_DIR.value)
   data_dir = os.path.join(out, 'data')
   if not os.path.exists(os.path.join(data_dir, convert_lib.DATABASE_FILENAME)):
@@ -82,6 +83,8 @@ def main(argv):
       print(f'== {name}: {config.algorithm}, personalization={config.personalization}, '
             f'{config.total_rounds} rounds x {config.clients_per_round} clients')
       result = train_lib.train(config)
+      print(f"   {result['shared_parameters']:,} shared and {result['personal_parameters']:,} "
+            f"personal parameters; {result['rounds_run']} rounds in {result['seconds']:.0f} s")
       if result['summary']:
         summaries[name] = result['summary']
         per_client[name] = pd.read_csv(

@@ -4,8 +4,6 @@
       --experiment_name=so_fedalt --init_from=output/so_fedavg
 """
 
-import dataclasses
-
 from absl import app
 from absl import flags
 
@@ -18,12 +16,15 @@ flags_lib.define_train_flags()
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  flags_lib.quiet_logs()
   config = flags_lib.config_from_flags()
   with flags_lib.tff_runtime():
     result = train_lib.train(config)
   if result['summary']:
     from partial_personalization import evaluation
     print(evaluation.format_summaries({config.experiment_name: result['summary']}))
+  print(f"{result['shared_parameters']:,} shared and {result['personal_parameters']:,} personal "
+        f"parameters; {result['rounds_run']} rounds in {result['seconds']:.0f} s")
   print(f"run directory: {result['run_dir']}")
 
 

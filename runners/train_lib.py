@@ -169,7 +169,11 @@ def evaluation_clients(task) -> list[str]:
 
 
 def train(config: TrainConfig) -> dict:
-  """Runs or resumes one experiment; returns {'run_dir', 'summary' (or None)}.
+  """Runs or resumes one experiment.
+
+  Returns:
+    dict: run_dir, summary (report summary or None), rounds_run, seconds,
+    shared_parameters, personal_parameters.
 
   Raises:
     ValueError: bad or conflicting settings (message names the flag).
@@ -224,7 +228,8 @@ def train(config: TrainConfig) -> dict:
     summary = write_report(config, task, evaluate, final_shared, store)
   store.close()
   return {'run_dir': config.run_dir, 'summary': summary,
-          'rounds_run': result.rounds_run, 'seconds': result.seconds}
+          'rounds_run': result.rounds_run, 'seconds': result.seconds,
+          'shared_parameters': shared_n, 'personal_parameters': personal_n}
 
 
 def write_report(config, task, evaluate, shared, store) -> dict:

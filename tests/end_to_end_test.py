@@ -1,0 +1,87 @@
+"""A few rounds on two real Stack Exchange sites: FedAvg, then FedAlt and FedSim from it."""
+
+import json
+import os
+import sys
+
+import pandas as pd
+import pytest
+
+from partial_personalization import training_loop
+from runners import train_lib
+from tasks.stackoverflow import convert_lib
+import conftest
+
+# With 80 sentences per client, 8 clients of both sites are kept: all train every round.
+CLIENTS = 8
+SITES = ('coffee.meta.stackexchange.com', 'conlang.meta.stackexchange.com')
+
+
+@pytest.fixture(scope='module')
+def cache_dir(tmp_path_factory):
+  root = os.path.join(conftest.shared_data_dir(), 'stackexchange')
+  if not os.path.isdir(root):
+    pytest.fail(f'real data not found at {root}; set SHARED_DATA_DIR')
+  out = str(tmp_path_factory.mktemp('so'))
+  stats = convert_lib.convert([os.path.join(root, s) for s in SITES], out, min_examples=80)
+  assert stats.sites == 2 and stats.clients_kept == CLIENTS
+  return out
+
+
+def _config(cache_dir, out, name, **kwargs):
+  # All clients every round, so round-to-round losses compare the same clients.
+  settings = dict(
+      experiment_name=name, root_output_dir=out, cache_dir=cache_dir,
+      vocab_size=1000, client_learning_rate=0.5, max_examples_per_client=64,
+      clients_per_round=CLIENTS, total_rounds=4, progress=False, seed=1)
+  settings.update(kwargs)
+  return train_lib.TrainConfig(**settings)
+
+
+def test_fedavg_then_personalization(cache_dir, tmp_path):
+  out = str(tmp_path)
+  fedavg = train_lib.train(_config(cache_dir, out, 'fedavg', algorithm='fedavg',
+                                   personalization='none'))
+  metrics = pd.read_csv(os.path.join(fedavg['run_dir'], 'metrics.csv'))
+  loss = metrics['train/client_work/train/loss']
+  assert loss.iloc[-1] < loss.iloc[0] - 0.5, list(loss)
+
+  for algorithm in ('fedalt', 'fedsim'):
+    result = train_lib.train(_config(
+        cache_dir, out, algorithm, algorithm=algorithm, personalization='last_block',
+        init_from=fedavg['run_dir'], baseline_model=fedavg['run_dir']))
+    metrics = pd.read_csv(os.path.join(result['run_dir'], 'metrics.csv'))
+    loss = metrics['train/client_work/loss']
+    assert loss.iloc[-1] < loss.iloc[0], list(loss)
+    summary = result['summary']
+    per_client = pd.read_csv(os.path.join(result['run_dir'], 'report', 'per_client.csv'))
+    assert summary['clients'] == len(per_client) == CLIENTS
+    assert summary['helped_fraction'] + summary['hurt_fraction'] + summary['unchanged_fraction'] == pytest.approx(1)
+    # After 4 FedAvg rounds the baseline may still predict only masked tokens (0%).
+    assert 0 <= summary['baseline_mean'] < summary['personalized_mean'] < 1
+    # Exactly the sampled clients hold trained personal weights.
+    config = _config(cache_dir, out, algorithm)
+    train_ids = sorted(set(per_client.client_id))  # all kept clients train and test
+    sampled = {c for r in range(1, config.total_rounds + 1) for c in
+               training_loop.sample_clients(train_ids, config.clients_per_round, config.seed, r)}
+    assert set(per_client[per_client.participated].client_id) == sampled
+    with open(os.path.join(result['run_dir'], 'flags.json')) as f:
+      assert json.load(f)['algorithm'] == algorithm
+
+
+def test_resuming_with_other_flags_is_refused(cache_dir, tmp_path):
+  config = _config(cache_dir, str(tmp_path), 'run', algorithm='fedavg',
+                   personalization='none', total_rounds=1)
+  train_lib.train(config)
+  with pytest.raises(ValueError, match='other settings'):
+    train_lib.train(_config(cache_dir, str(tmp_path), 'run', algorithm='fedavg',
+                            personalization='none', total_rounds=1, client_learning_rate=0.1))
+
+
+def test_init_from_missing_run_is_a_clear_error(cache_dir, tmp_path):
+  with pytest.raises(FileNotFoundError, match='init_from'):
+    train_lib.train(_config(cache_dir, str(tmp_path), 'x', init_from=str(tmp_path / 'nope')))
+
+
+if __name__ == '__main__':
+  sys.exit(pytest.main([__file__, '-q']))
