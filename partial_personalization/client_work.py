@@ -34,6 +34,27 @@ def _assign(variables, values):
   tf.nest.map_structure(lambda v, t: v.assign(t), variables, values)
 
 
+def build_metrics(loss_fn, metrics_fn) -> list[tf.keras.metrics.Metric]:
+  """The task's metrics plus `loss` (mean of batch losses), as TFF's FedRecon."""
+  return (metrics_fn() if metrics_fn else []) + [
+      tf.keras.metrics.MeanMetricWrapper(loss_fn(), name='loss')]
+
+
+def _model_parts(model_fn, loss_fn, metrics_fn):
+  """Builds the model and metrics; returns (model, metrics, u variables, v variables)."""
+  model = model_fn()
+  shared = ModelWeights(list(model.global_trainable_variables),
+                        list(model.global_non_trainable_variables))
+  personal = ModelWeights(list(model.local_trainable_variables),
+                          list(model.local_non_trainable_variables))
+  return model, build_metrics(loss_fn, metrics_fn), shared, personal
+
+
+def _read_metrics(metrics):
+  return collections.OrderedDict(
+      (m.name, [v.read_value() for v in m.variables]) for m in metrics)
+
+
 def build_client_update(
     *,
     model_fn: Callable[[], tff.learning.models.ReconstructionModel],
@@ -76,15 +97,8 @@ def build_client_update(
 
   @tff.tensorflow.computation(shared_type, personal_type, data_type)
   def client_update(shared, personal, dataset):
-    model = model_fn()
+    model, metrics, shared_vars, personal_vars = _model_parts(model_fn, loss_fn, metrics_fn)
     loss = loss_fn()
-    metrics = (metrics_fn() if metrics_fn else []) + [
-        tf.keras.metrics.MeanMetricWrapper(loss_fn(), name='loss')
-    ]
-    shared_vars = ModelWeights(list(model.global_trainable_variables),
-                               list(model.global_non_trainable_variables))
-    personal_vars = ModelWeights(list(model.local_trainable_variables),
-                                 list(model.local_non_trainable_variables))
 
     def specs(variables):
       return tuple(tf.TensorSpec(v.shape, v.dtype) for v in variables)
@@ -130,8 +144,7 @@ def build_client_update(
             _phase_dataset(dataset, tau_u, local_unit), True, True, True)
       shared_update = tf.nest.map_structure(
           tf.subtract, initial_shared, shared_vars.trainable)
-      unfinalized = collections.OrderedDict(
-          (m.name, [v.read_value() for v in m.variables]) for m in metrics)
+      unfinalized = _read_metrics(metrics)
       new_personal = tf.nest.map_structure(lambda v: v.read_value(), personal_vars)
       return collections.OrderedDict(
           shared_update=shared_update,
@@ -162,14 +175,7 @@ def build_client_evaluation(
 
   @tff.tensorflow.computation(shared_type, personal_type, data_type)
   def evaluate(shared, personal, dataset):
-    model = model_fn()
-    metrics = (metrics_fn() if metrics_fn else []) + [
-        tf.keras.metrics.MeanMetricWrapper(loss_fn(), name='loss')
-    ]
-    shared_vars = ModelWeights(list(model.global_trainable_variables),
-                               list(model.global_non_trainable_variables))
-    personal_vars = ModelWeights(list(model.local_trainable_variables),
-                                 list(model.local_non_trainable_variables))
+    model, metrics, shared_vars, personal_vars = _model_parts(model_fn, loss_fn, metrics_fn)
 
     @tf.function
     def run(shared, personal, dataset):
@@ -179,8 +185,7 @@ def build_client_evaluation(
         output = model.forward_pass(batch, training=False)
         for m in metrics:
           m.update_state(output.labels, output.predictions)
-      return collections.OrderedDict(
-          (m.name, [v.read_value() for v in m.variables]) for m in metrics)
+      return _read_metrics(metrics)
 
     return run(shared, personal, dataset)
 

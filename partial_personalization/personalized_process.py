@@ -157,8 +157,7 @@ def build_personalized_process(
       server_optimizer, shared_type)
   # Metric finalizers come from instances built outside any computation.
   with tf.Graph().as_default():
-    metrics = (metrics_fn() if metrics_fn else []) + [
-        tf.keras.metrics.MeanMetricWrapper(loss_fn(), name='loss')]
+    metrics = client_work.build_metrics(loss_fn, metrics_fn)
     finalizers = collections.OrderedDict(
         (m.name, tff.learning.metrics.create_keras_metric_finalizer(m))
         for m in metrics)
