@@ -15,7 +15,9 @@ newer committed row supersedes, so the file holds about one row per client.
 
 Schema: `meta(key TEXT PRIMARY KEY, value BLOB)` with `committed_round` and
 `initial` (v_0, for clients never seen); `personal(client_id TEXT, round
-INTEGER, weights BLOB)`. Weights are `.npz` blobs of `ModelWeights` lists.
+INTEGER, weights BLOB, participations INTEGER)`, where `participations` counts
+the rounds in which the client has trained v up to that row. Weights are `.npz`
+blobs of `ModelWeights` lists.
 """
 
 import io
@@ -82,7 +84,7 @@ class ClientStateStore:
         self._conn.execute(
             'CREATE TABLE IF NOT EXISTS personal (client_id TEXT NOT NULL, '
             'round INTEGER NOT NULL, weights BLOB NOT NULL, '
-            'PRIMARY KEY (client_id, round))')
+            'participations INTEGER NOT NULL, PRIMARY KEY (client_id, round))')
         if new:
           self._set_meta('initial', serialize_weights(initial_personal))
           self._set_meta('committed_round', 0)
@@ -128,7 +130,11 @@ class ClientStateStore:
     return int(self._get_meta('committed_round'))
 
   def read(self, client_ids: Sequence[str], before_round: int) -> list[ModelWeights]:
-    """Latest v_i written before `before_round` (v_0 for unseen clients)."""
+    """Latest v_i written before `before_round` (v_0 for unseen clients).
+
+    Rows superseded at a commit are pruned, so `before_round` must be past the
+    committed round (as in training and final evaluation).
+    """
     result = []
     for cid in client_ids:
       row = self._conn.execute(
@@ -144,7 +150,9 @@ class ClientStateStore:
       raise ValueError(f'{len(client_ids)} client ids for {len(weights)} weights')
     with self._transaction():
       self._conn.executemany(
-          'INSERT OR REPLACE INTO personal VALUES (?, ?, ?)',
+          'INSERT OR REPLACE INTO personal VALUES (?1, ?2, ?3, 1 + COALESCE('
+          '(SELECT participations FROM personal WHERE client_id = ?1 AND round < ?2 '
+          'ORDER BY round DESC LIMIT 1), 0))',
           [(cid, round_num, serialize_weights(w)) for cid, w in zip(client_ids, weights)])
 
   def commit(self, round_num: int) -> None:
@@ -161,6 +169,19 @@ class ClientStateStore:
       cursor = self._conn.execute(
           'DELETE FROM personal WHERE round > ?', (self.committed_round,))
     return cursor.rowcount
+
+  def participations(self, client_ids: Sequence[str], before_round: int) -> list[int]:
+    """Rounds in which each client trained v, before `before_round` (0: never).
+
+    As `read`, `before_round` must be past the committed round.
+    """
+    result = []
+    for cid in client_ids:
+      row = self._conn.execute(
+          'SELECT participations FROM personal WHERE client_id = ? AND round < ? '
+          'ORDER BY round DESC LIMIT 1', (cid, before_round)).fetchone()
+      result.append(row[0] if row else 0)
+    return result
 
   def client_ids(self) -> list[str]:
     """Clients with stored personal weights (i.e. that trained at least once)."""

@@ -103,6 +103,24 @@ def personalization_report(
   return df, summary
 
 
+def breakdown_by(per_client: pd.DataFrame, column: str, bins: Sequence[int]) -> pd.DataFrame:
+  """Helped/hurt and token-weighted means per group of `column` values.
+
+  `bins` are the lower edges of the groups; the last group is open ("3+").
+  Used with `participations` to show how personalization depends on how often
+  a client trained its personal part.
+  """
+  labels = [f'{b}' for b in bins[:-1]] + [f'{bins[-1]}+']
+  group = pd.cut(per_client[column], bins=list(bins) + [np.inf], right=False, labels=labels)
+  rows = []
+  for label, g in per_client.groupby(group, observed=True):
+    rows.append({column: label, 'clients': len(g),
+                 'personalized_mean': np.average(g.personalized, weights=g.tokens),
+                 'baseline_mean': np.average(g.baseline, weights=g.tokens),
+                 'helped_fraction': (g.delta > 0).mean(), 'hurt_fraction': (g.delta < 0).mean()})
+  return pd.DataFrame(rows).set_index(column)
+
+
 def format_summaries(summaries: dict[str, dict]) -> str:
   """Markdown table, one row per run name."""
   header = ('| run | clients | pers. mean | non-pers. mean | pers. p10 | '

@@ -255,12 +255,15 @@ def write_report(config, task, evaluate, shared, store) -> dict:
     base = evaluation.evaluate_clients(
         evaluate, base_u, [base_v] * len(ids), datasets, ids, metric, progress=bar.update)
   per_client, summary = evaluation.personalization_report(pers, base, metric)
-  trained = set(store.client_ids())
-  per_client['participated'] = [c in trained for c in per_client.index]
+  per_client['participations'] = store.participations(list(per_client.index), committed + 1)
+  per_client['participated'] = per_client.participations > 0
   summary['clients_participated'] = int(per_client.participated.sum())
   report_dir = os.path.join(config.run_dir, 'report')
   os.makedirs(report_dir, exist_ok=True)
   per_client.to_csv(os.path.join(report_dir, 'per_client.csv'))
+  # Personalization needs training: show the effect by how often v_i was trained.
+  evaluation.breakdown_by(per_client, 'participations', [0, 1, 2, 3]).to_csv(
+      os.path.join(report_dir, 'by_participations.csv'))
   with open(os.path.join(report_dir, 'summary.json'), 'w') as f:
     json.dump(summary, f, indent=2)
   return summary

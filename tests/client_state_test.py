@@ -35,6 +35,7 @@ def test_unseen_clients_get_initial_and_writes_persist(tmp_path):
   assert [_value(w) for w in got] == [2.0, 2.5, 0.0]
   assert got[0].trainable[0].shape == (2, 3) and got[0].non_trainable[0] == 7
   assert reopened.client_ids() == ['a', 'b']
+  assert reopened.participations(['a', 'b', 'c'], before_round=3) == [2, 1, 0]
 
 
 def test_rollback_drops_uncommitted_rounds_only(tmp_path):
@@ -53,8 +54,8 @@ def test_uncommitted_rounds_between_checkpoints_survive_until_commit(tmp_path):
   # Round 3 of the same process reads round 2's uncommitted write.
   assert _value(store.read(['a'], before_round=3)[0]) == 2.0
   store.commit(2)
-  rows = store._conn.execute('SELECT round FROM personal').fetchall()
-  assert rows == [(2,)]   # round 1's row is superseded and pruned
+  rows = store._conn.execute('SELECT round, participations FROM personal').fetchall()
+  assert rows == [(2, 2)]   # round 1's row is pruned; its count carried forward
 
 
 def test_structure_mismatch_is_a_clear_error(tmp_path):

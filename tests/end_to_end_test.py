@@ -1,5 +1,6 @@
 """A few rounds on two real Stack Exchange sites: FedAvg, then FedAlt and FedSim from it."""
 
+import collections
 import json
 import os
 import sys
@@ -59,12 +60,15 @@ def test_fedavg_then_personalization(cache_dir, tmp_path):
     assert summary['helped_fraction'] + summary['hurt_fraction'] + summary['unchanged_fraction'] == pytest.approx(1)
     # After 4 FedAvg rounds the baseline may still predict only masked tokens (0%).
     assert 0 <= summary['baseline_mean'] < summary['personalized_mean'] < 1
-    # Exactly the sampled clients hold trained personal weights.
+    # Participation counts are those of the sampler (here: every round).
     config = _config(cache_dir, out, algorithm)
     train_ids = sorted(set(per_client.client_id))  # all kept clients train and test
-    sampled = {c for r in range(1, config.total_rounds + 1) for c in
-               training_loop.sample_clients(train_ids, config.clients_per_round, config.seed, r)}
-    assert set(per_client[per_client.participated].client_id) == sampled
+    sampled = collections.Counter(
+        c for r in range(1, config.total_rounds + 1) for c in
+        training_loop.sample_clients(train_ids, config.clients_per_round, config.seed, r))
+    assert dict(zip(per_client.client_id, per_client.participations)) == dict(sampled)
+    by = pd.read_csv(os.path.join(result['run_dir'], 'report', 'by_participations.csv'))
+    assert list(by.participations) == ['3+'] and by.clients.sum() == CLIENTS
     with open(os.path.join(result['run_dir'], 'flags.json')) as f:
       assert json.load(f)['algorithm'] == algorithm
 

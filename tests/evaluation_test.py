@@ -1,0 +1,56 @@
+"""Report summaries: token-weighted mean, weighted percentile, helped/hurt, breakdown."""
+
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from partial_personalization import evaluation
+
+
+def _frame(values, tokens):
+  return pd.DataFrame({'accuracy': values, 'tokens': tokens, 'loss': 1.0},
+                      index=[f'c{i}' for i in range(len(values))])
+
+
+def test_weighted_quantile_by_hand():
+  # Weights 1, 1, 8: the value 3 holds 80% of the mass.
+  assert evaluation.weighted_quantile([3.0, 1.0, 2.0], [8, 1, 1], 0.1) == 1.0
+  assert evaluation.weighted_quantile([3.0, 1.0, 2.0], [8, 1, 1], 0.15) == 2.0
+  assert evaluation.weighted_quantile([3.0, 1.0, 2.0], [8, 1, 1], 0.5) == 3.0
+  assert evaluation.weighted_quantile([5.0, 7.0], [0, 1], 0.0) == 7.0   # zero weight ignored
+
+
+def test_report_summary_by_hand():
+  pers = _frame([0.5, 0.2, 0.3, 0.4], [10, 30, 20, 40])
+  base = _frame([0.4, 0.25, 0.3, 0.4], [10, 30, 20, 40])
+  per_client, s = evaluation.personalization_report(pers, base, 'accuracy')
+  assert s['clients'] == 4 and s['test_tokens'] == 100
+  assert s['personalized_mean'] == pytest.approx((5 + 6 + 6 + 16) / 100)
+  assert s['baseline_mean'] == pytest.approx((4 + 7.5 + 6 + 16) / 100)
+  assert (s['helped_fraction'], s['hurt_fraction'], s['unchanged_fraction']) == (0.25, 0.25, 0.5)
+  assert s['personalized_p10'] == 0.2 and s['baseline_p10'] == 0.25
+  assert per_client.delta['c0'] == pytest.approx(0.1)
+
+
+def test_clients_without_test_tokens_are_left_out():
+  pers = _frame([0.5, np.nan], [10, 0])
+  per_client, s = evaluation.personalization_report(pers, pers, 'accuracy')
+  assert s['clients'] == 1 and list(per_client.index) == ['c0']
+
+
+def test_breakdown_by_participations():
+  per_client = pd.DataFrame({
+      'personalized': [0.1, 0.3, 0.5, 0.5], 'baseline': [0.2, 0.2, 0.4, 0.6],
+      'tokens': [1, 1, 1, 3], 'participations': [0, 1, 4, 3]})
+  per_client['delta'] = per_client.personalized - per_client.baseline
+  by = evaluation.breakdown_by(per_client, 'participations', [0, 1, 2, 3])
+  assert list(by.index) == ['0', '1', '3+']
+  assert list(by.clients) == [1, 1, 2]
+  assert by.loc['3+', 'helped_fraction'] == 0.5 and by.loc['0', 'hurt_fraction'] == 1.0
+  assert by.loc['3+', 'baseline_mean'] == pytest.approx((0.4 + 1.8) / 4)
+
+
+if __name__ == '__main__':
+  sys.exit(pytest.main([__file__, '-q']))
