@@ -9,7 +9,7 @@ See tasks/stackoverflow/convert_lib.py for the construction and the split.
 from absl import app
 from absl import flags
 
-from runners import flags_lib
+from runners import paths
 from tasks.stackoverflow import convert_lib
 
 _DUMP_DIRS = flags.DEFINE_list(
@@ -25,10 +25,13 @@ _OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Replace an existing database
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  stats = convert_lib.convert(
-      [flags_lib.resolve_path(d) for d in _DUMP_DIRS.value],
-      flags_lib.resolve_path(_OUTPUT_DIR.value),
-      min_examples=_MIN_EXAMPLES.value, overwrite=_OVERWRITE.value)
+  try:
+    stats = convert_lib.convert(
+        [paths.resolve_path(d) for d in _DUMP_DIRS.value],
+        paths.resolve_path(_OUTPUT_DIR.value),
+        min_examples=_MIN_EXAMPLES.value, overwrite=_OVERWRITE.value)
+  except (ValueError, FileNotFoundError, FileExistsError) as e:  # incl. MalformedDumpError
+    raise app.UsageError(str(e)) from e
   print(stats.summary())
 
 

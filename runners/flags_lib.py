@@ -2,12 +2,13 @@
 
 import contextlib
 import dataclasses
-import os
+import sys
 
 from absl import flags
 from absl import logging
 
 from partial_personalization import runtime
+from runners import paths
 from runners import train_lib
 
 FLAGS = flags.FLAGS
@@ -65,23 +66,26 @@ def define_train_flags():
 _PATH_FIELDS = ('root_output_dir', 'cache_dir', 'init_from', 'baseline_model')
 
 
-def resolve_path(path):
-  """Relative paths are relative to where the user ran the command.
-
-  `bazel run` starts binaries in their runfiles tree; it exports the user's
-  workspace as BUILD_WORKSPACE_DIRECTORY, against which relative paths resolve.
-  """
-  if path is None or os.path.isabs(path):
-    return path
-  return os.path.join(os.environ.get('BUILD_WORKSPACE_DIRECTORY', os.getcwd()), path)
-
-
 def config_from_flags(**overrides) -> train_lib.TrainConfig:
   values = {f.name: FLAGS[f.name].value for f in dataclasses.fields(train_lib.TrainConfig)}
   values.update(overrides)
   for name in _PATH_FIELDS:
-    values[name] = resolve_path(values[name])
+    values[name] = paths.resolve_path(values[name])
   return train_lib.TrainConfig(**values)
+
+
+# Errors of the user's making (flags, missing files, unusable saved state): one
+# clear line instead of a traceback. Anything else is a bug and keeps its trace.
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, RuntimeError)
+
+
+def exit_on_user_error(fn, *args, **kwargs):
+  """Calls fn; on a user error prints `error: <message>` and exits with 2."""
+  try:
+    return fn(*args, **kwargs)
+  except USER_ERRORS as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
 
 
 def quiet_logs():

@@ -22,6 +22,7 @@ import pandas as pd
 from partial_personalization import evaluation
 from partial_personalization import plots
 from runners import flags_lib
+from runners import paths
 from runners import train_lib
 from tasks.stackoverflow import convert_lib
 
@@ -44,7 +45,7 @@ _SEED = flags.DEFINE_integer('seed', 0, 'Seed.')
 
 
 def _config(name, **kwargs) -> train_lib.TrainConfig:
-  out = flags_lib.resolve_path(_OUTPUT_DIR.value)
+  out = paths.resolve_path(_OUTPUT_DIR.value)
   common = dict(
       root_output_dir=out, cache_dir=os.path.join(out, 'data'),
       model_size=_MODEL_SIZE.value, client_learning_rate=_CLIENT_LR.value,
@@ -59,11 +60,15 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   flags_lib.quiet_logs()
-  out = flags_lib.resolve_path(_OUTPUT_DIR.value)
+  flags_lib.exit_on_user_error(_run)
+
+
+def _run():
+  out = paths.resolve_path(_OUTPUT_DIR.value)
   data_dir = os.path.join(out, 'data')
   if not os.path.exists(os.path.join(data_dir, convert_lib.DATABASE_FILENAME)):
     print('== converting the Stack Exchange dumps')
-    stats = convert_lib.convert([flags_lib.resolve_path(d) for d in _DUMP_DIRS.value],
+    stats = convert_lib.convert([paths.resolve_path(d) for d in _DUMP_DIRS.value],
                                 data_dir, min_examples=_MIN_EXAMPLES.value)
     print(stats.summary())
   pretrain = os.path.join(out, 'fedavg_pretrain')

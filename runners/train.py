@@ -17,9 +17,9 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   flags_lib.quiet_logs()
-  config = flags_lib.config_from_flags()
   with flags_lib.tff_runtime():
-    result = train_lib.train(config)
+    config = flags_lib.exit_on_user_error(flags_lib.config_from_flags)
+    result = flags_lib.exit_on_user_error(train_lib.train, config)
   if result['summary']:
     from partial_personalization import evaluation
     print(evaluation.format_summaries({config.experiment_name: result['summary']}))
