@@ -42,10 +42,14 @@ def _config(cache_dir, out, name, **kwargs):
 def test_fedavg_then_personalization(cache_dir, tmp_path):
   out = str(tmp_path)
   fedavg = train_lib.train(_config(cache_dir, out, 'fedavg', algorithm='fedavg',
-                                   personalization='none'))
+                                   personalization='none', rounds_per_eval=2))
   metrics = pd.read_csv(os.path.join(fedavg['run_dir'], 'metrics.csv'))
   loss = metrics['train/client_work/train/loss']
   assert loss.iloc[-1] < loss.iloc[0] - 0.5, list(loss)
+  # Heldout evaluation every 2 rounds (and none in between).
+  heldout = metrics['eval/heldout_loss']
+  assert heldout.isna().tolist() == [True, False, True, False]
+  assert heldout.iloc[3] < heldout.iloc[1]
 
   for algorithm in ('fedalt', 'fedsim'):
     result = train_lib.train(_config(
