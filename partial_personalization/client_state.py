@@ -23,7 +23,7 @@ blobs of `ModelWeights` lists.
 import io
 import os
 import sqlite3
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 import tensorflow_federated as tff

@@ -7,7 +7,9 @@ import sys
 from absl import flags
 from absl import logging
 
+from partial_personalization import client_state
 from partial_personalization import runtime
+from partial_personalization import training_loop
 from runners import paths
 from runners import train_lib
 
@@ -76,7 +78,8 @@ def config_from_flags(**overrides) -> train_lib.TrainConfig:
 
 # Errors of the user's making (flags, missing files, unusable saved state): one
 # clear line instead of a traceback. Anything else is a bug and keeps its trace.
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, RuntimeError)
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError,
+               training_loop.CheckpointError, client_state.ClientStateError)
 
 
 def exit_on_user_error(fn, *args, **kwargs):

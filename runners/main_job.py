@@ -11,8 +11,6 @@
 Every stage resumes where it stopped when the command is run again.
 """
 
-import dataclasses
-import json
 import os
 
 from absl import app

@@ -5,7 +5,6 @@
 """
 
 from absl import app
-from absl import flags
 
 from runners import flags_lib
 from runners import train_lib

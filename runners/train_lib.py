@@ -14,7 +14,6 @@ from typing import Optional
 
 from absl import logging
 import numpy as np
-import pandas as pd
 import tensorflow_federated as tff
 import tqdm
 
@@ -192,10 +191,14 @@ def train(config: TrainConfig) -> dict:
   logging.info('%s/%s: %d shared and %d personal parameters',
                config.algorithm, config.personalization, shared_n, personal_n)
 
-  evaluate = personalized_process.build_personalized_evaluation(
-      task.reconstruction_model_fn, loss_fn=task.loss_fn, metrics_fn=task.metrics_fn)
+  if isinstance(runner, training_loop.PersonalizedRunner):
+    evaluate = runner.process.evaluate  # Built with the process; no second trace.
+  else:
+    evaluate = personalized_process.build_personalized_evaluation(
+        task.reconstruction_model_fn, loss_fn=task.loss_fn, metrics_fn=task.metrics_fn)
   metric = task.report_metric
-  eval_ids = [c for c in evaluation_clients(task) if c in set(task.heldout_data.client_ids)]
+  heldout_ids = set(task.heldout_data.client_ids)
+  eval_ids = [c for c in evaluation_clients(task) if c in heldout_ids]
   eval_ids = sorted(np.random.default_rng(config.seed).permutation(eval_ids)[:config.eval_clients])
   eval_sets = None
 
@@ -225,24 +228,25 @@ def train(config: TrainConfig) -> dict:
       task.partition.merge(final_shared, store.initial))
   summary = None
   if config.report and config.algorithm != 'fedavg':
-    summary = write_report(config, task, evaluate, final_shared, store)
+    summary = write_report(config, task, evaluate, final_shared, store, named_init)
   store.close()
   return {'run_dir': config.run_dir, 'summary': summary,
           'rounds_run': result.rounds_run, 'seconds': result.seconds,
           'shared_parameters': shared_n, 'personal_parameters': personal_n}
 
 
-def write_report(config, task, evaluate, shared, store) -> dict:
+def write_report(config, task, evaluate, shared, store, start_weights) -> dict:
   """Per-client test accuracy, personalized vs the non-personalized model.
 
-  The baseline is `--baseline_model` (e.g. FedAvg trained as long), else the
-  model the run started from (`--init_from`, else its seeded initial weights).
+  The baseline is `--baseline_model` (e.g. FedAvg trained as long), else
+  `start_weights`, the model the run started from (`--init_from`, else its
+  seeded initial weights).
   """
   metric = task.report_metric
   if config.baseline_model:
     baseline_named = load_init_weights(config.baseline_model)
   else:
-    baseline_named = initial_named_weights(task, config)
+    baseline_named = start_weights
   base_u, base_v = task.partition.split(baseline_named)
   ids = evaluation_clients(task)
   datasets = [task.eval_preprocess_fn(task.test_data.create_tf_dataset_for_client(c)) for c in ids]

@@ -348,8 +348,8 @@ def convert(
   try:
     _stage_examples(conn, sites, stats)
     _assign_splits(conn, min_examples, stats)
-    word_counts = _write_word_counts(conn, output_dir, stats)
-    _compute_coverage(conn, word_counts, coverage_vocab_size, stats)
+    words = _write_word_counts(conn, output_dir, stats)
+    _compute_coverage(conn, set(words[:coverage_vocab_size]), stats)
     _finalize_schema(conn)
     conn.commit()
     conn.execute('VACUUM')
@@ -457,24 +457,25 @@ def _assign_splits(conn, min_examples, stats):
   conn.commit()
 
 
-def _write_word_counts(conn, output_dir, stats) -> collections.Counter:
+def _write_word_counts(conn, output_dir, stats) -> list[str]:
+  """Writes the train word counts; returns the words, most frequent first."""
   counts = collections.Counter()
   for (tokens,) in conn.execute(
       "SELECT tokens FROM examples WHERE split_name = 'train'"
   ):
     counts.update(tokens.split(' '))
   stats.vocab_size = len(counts)
+  # Ties broken alphabetically so the vocabulary is deterministic.
+  ordered = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
   path = os.path.join(output_dir, WORD_COUNT_FILENAME)
   with open(path + '.partial', 'w', encoding='utf-8') as f:
-    # Ties broken alphabetically so the vocabulary is deterministic.
-    for word, count in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
+    for word, count in ordered:
       f.write(f'{word} {count}\n')
   os.replace(path + '.partial', path)
-  return counts
+  return [word for word, _ in ordered]
 
 
-def _compute_coverage(conn, word_counts, vocab_size, stats):
-  vocab = {w for w, _ in sorted(word_counts.items(), key=lambda kv: (-kv[1], kv[0]))[:vocab_size]}
+def _compute_coverage(conn, vocab: set, stats):
   for split in SPLITS:
     total = covered = 0
     for (tokens,) in conn.execute(
