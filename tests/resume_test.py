@@ -3,7 +3,6 @@
 import os
 import sys
 
-import numpy as np
 import pandas as pd
 import pytest
 import tensorflow as tf
