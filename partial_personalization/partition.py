@@ -24,21 +24,35 @@ ModelWeights = tff.learning.models.ModelWeights
 
 
 class PartitionRegistry:
-  """Named partitions of one model family; tasks register theirs here."""
+  """Named partitions of one model family; tasks register theirs here.
+
+  A partition may need a variant of the model (e.g. an output layer untied
+  from the input embedding before either can be personal); it declares that as
+  `model_overrides`, keyword arguments the task applies to its model config.
+  """
 
   def __init__(self):
     self._fns: dict[str, PartitionFn] = collections.OrderedDict()
+    self._overrides: dict[str, dict] = {}
 
-  def register(self, name: str) -> Callable[[PartitionFn], PartitionFn]:
-    """Decorator: `@registry.register('last_block')`."""
+  def register(
+      self, name: str, *, model_overrides: Optional[Mapping] = None
+  ) -> Callable[[PartitionFn], PartitionFn]:
+    """Decorator: `@registry.register('decoder', model_overrides={...})`."""
 
     def wrap(fn):
       if name in self._fns:
         raise ValueError(f'partition {name!r} is already registered')
       self._fns[name] = fn
+      self._overrides[name] = dict(model_overrides or {})
       return fn
 
     return wrap
+
+  def model_overrides(self, name: str) -> dict:
+    """Model-config settings partition `name` needs ({} for most)."""
+    self.get(name)
+    return dict(self._overrides[name])
 
   def names(self) -> list[str]:
     return list(self._fns)

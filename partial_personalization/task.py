@@ -33,6 +33,10 @@ class PersonalizationTask:
     input_spec: (inputs spec, labels spec) of one batch.
     partition_name: Name of the personalization (see the task's registry).
     partition_fn: keras model -> personal variables.
+    complete_weights_fn: (named weights loaded from another variant of the
+      model, {name: shape} of this model) -> named weights; fills variables the
+      other variant lacks from ones it has (e.g. an untied decoder from the
+      tied embedding). Identity by default.
   """
 
   name: str
@@ -47,6 +51,7 @@ class PersonalizationTask:
   input_spec: Any
   partition_name: str
   partition_fn: partition_lib.PartitionFn
+  complete_weights_fn: Callable[[dict, dict], dict] = lambda named, shapes: named
 
   @property
   def report_metric(self) -> str:

@@ -130,7 +130,7 @@ def initial_named_weights(task, config) -> dict:
   """Seeded fresh weights, overridden by `--init_from` where names match."""
   named = task.initial_weights(config.seed)
   if config.init_from:
-    loaded = load_init_weights(config.init_from)
+    loaded = task.complete_weights_fn(load_init_weights(config.init_from), task.partition.shapes)
     for name, value in loaded.items():
       if name in named and named[name].shape != value.shape:
         raise ValueError(
@@ -244,7 +244,8 @@ def write_report(config, task, evaluate, shared, store, start_weights) -> dict:
   """
   metric = task.report_metric
   if config.baseline_model:
-    baseline_named = load_init_weights(config.baseline_model)
+    baseline_named = task.complete_weights_fn(
+        load_init_weights(config.baseline_model), task.partition.shapes)
   else:
     baseline_named = start_weights
   base_u, base_v = task.partition.split(baseline_named)

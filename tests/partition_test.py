@@ -24,20 +24,24 @@ def _formula(c):
   norms = 2 * 2 * d
   adapters = 2 * (d * a + a + a * d + d) if a else 0
   block = attention + ffn + norms + adapters
-  total = c.vocab_size * d + c.sequence_length * d + c.num_layers * block + 2 * d + c.vocab_size
+  embeddings = c.vocab_size * d + c.sequence_length * d
+  decoder = (0 if c.tie_decoder else d * c.vocab_size) + c.vocab_size
+  total = embeddings + c.num_layers * block + 2 * d + decoder
   personal = {
       'none': 0, 'full': total, 'first_block': block, 'last_block': block,
       'adapter': c.num_layers * (adapters + norms) + 2 * d,
+      'embeddings': embeddings, 'decoder': decoder,
   }
   return total, personal
 
 
 @pytest.mark.parametrize('size', ['mini', 'tiny'])
-@pytest.mark.parametrize('name', model_lib.PARTITIONS.names())
-def test_partition_counts(size, name):
+@pytest.mark.parametrize('name,adapter_size', [
+    (n, 16 if n == 'adapter' else 0) for n in model_lib.PARTITIONS.names()] + [('adapter', 64)])
+def test_partition_counts(size, name, adapter_size):
   config = model_lib.TransformerConfig(
-      vocab_size=10004, adapter_size=16 if name == 'adapter' else 0,
-      **model_lib.MODEL_SIZES[size])
+      vocab_size=10004, adapter_size=adapter_size,
+      **model_lib.MODEL_SIZES[size], **model_lib.PARTITIONS.model_overrides(name))
   (shared, personal), keras_total = _counts(config, name)
   total, expected_personal = _formula(config)
   assert keras_total == total
@@ -49,6 +53,26 @@ def test_mini_is_the_papers_size():
   config = model_lib.TransformerConfig(vocab_size=10004, **model_lib.MODEL_SIZES['mini'])
   (shared, _), _ = _counts(config, 'none')
   assert 5.6e6 < shared < 5.8e6   # "about 5.7M parameters"
+
+
+def test_untied_model_from_tied_weights_computes_the_same_function():
+  tied = model_lib.TransformerConfig(vocab_size=50, **model_lib.MODEL_SIZES['tiny'])
+  untied = model_lib.TransformerConfig(vocab_size=50, tie_decoder=False,
+                                       **model_lib.MODEL_SIZES['tiny'])
+  a, b = model_lib.create_transformer(tied), model_lib.create_transformer(untied)
+  shapes = {v.name: v.shape for v in b.variables}
+  named = model_lib.untie_decoder_weights(partition_lib.named_weights(a), shapes)
+  assert named.keys() == shapes.keys()
+  for v in b.variables:
+    v.assign(named[v.name])
+  x = tf.constant([[5, 2, 3] + [0] * 17], tf.int64)
+  tf.debugging.assert_near(a(x), b(x), atol=1e-5)
+
+
+def test_embeddings_and_decoder_partitions_need_the_untied_model():
+  for name in ('embeddings', 'decoder'):
+    assert model_lib.PARTITIONS.model_overrides(name) == {'tie_decoder': False}
+  assert model_lib.PARTITIONS.model_overrides('last_block') == {}
 
 
 def test_adapter_partition_needs_adapters():

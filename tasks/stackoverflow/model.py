@@ -4,7 +4,10 @@ Pillutla et al., "Federated Learning with Partial Model Personalization", ICML
 2022, Sec. 4 / App. C: a causal transformer with token and position embeddings,
 `num_layers` blocks (multi-head self-attention and a ReLU feed-forward layer,
 each with a residual connection and layer norm, pre- or post-norm), and an
-output decoder tied to the token embedding (plus a bias). Adapters are
+output decoder tied to the token embedding (plus a bias); `tie_decoder=False`
+gives the decoder its own projection, which the `embeddings` and `decoder`
+partitions need (one cannot be personal while the other is shared if they are
+the same matrix). Adapters are
 Houlsby-style bottlenecks (down, ReLU, up) applied to each sub-layer's output
 before the residual sum; the up-projection starts at zero so a model with
 fresh adapters computes the same function as without them.
@@ -33,6 +36,7 @@ class TransformerConfig:
   dropout: float = 0.0
   pre_norm: bool = True
   adapter_size: int = 0  # 0: no adapters.
+  tie_decoder: bool = True  # False: decoder/kernel [d_model, vocab] of its own.
 
 
 # Named sizes. `mini` is the paper's StackOverflow model (about 5.7M parameters
@@ -116,6 +120,37 @@ class TiedDecoder(tf.keras.layers.Layer):
     return tf.matmul(h, self.embedding.embeddings, transpose_b=True) + self.bias
 
 
+class UntiedDecoder(tf.keras.layers.Layer):
+  """Logits = h @ W + b with W [d_model, vocab_size] a variable of its own."""
+
+  def __init__(self, vocab_size, **kwargs):
+    super().__init__(**kwargs)
+    self.vocab_size = vocab_size
+
+  def build(self, input_shape):
+    self.kernel = self.add_weight(
+        name='kernel', shape=[input_shape[-1], self.vocab_size],
+        initializer=tf.keras.initializers.RandomNormal(stddev=0.02))
+    self.bias = self.add_weight(name='bias', shape=[self.vocab_size], initializer='zeros')
+    super().build(input_shape)
+
+  def call(self, h):
+    return tf.matmul(h, self.kernel) + self.bias
+
+
+def untie_decoder_weights(named: dict, target_shapes: dict) -> dict:
+  """Fills an untied model's `decoder/kernel` from a tied model's embedding.
+
+  A FedAvg model trained with the tied decoder starts an untied one computing
+  the same function: W = E^T. Returns a new dict; other names are untouched.
+  """
+  named = dict(named)
+  kernel, embedding = 'decoder/kernel:0', 'token_embedding/embeddings:0'
+  if kernel in target_shapes and kernel not in named and embedding in named:
+    named[kernel] = named[embedding].T.copy()
+  return named
+
+
 class PositionEmbedding(tf.keras.layers.Layer):
   """Adds a learned embedding of each position to its input."""
 
@@ -149,7 +184,10 @@ def create_transformer(config: TransformerConfig) -> tf.keras.Model:
     x = TransformerBlock(config, name=f'block_{i}')(x)
   if config.pre_norm:
     x = tf.keras.layers.LayerNormalization(epsilon=1e-5, name='final_norm')(x)
-  logits = TiedDecoder(embedding, name='decoder')(x)
+  if config.tie_decoder:
+    logits = TiedDecoder(embedding, name='decoder')(x)
+  else:
+    logits = UntiedDecoder(config.vocab_size, name='decoder')(x)
   return tf.keras.Model(tokens, logits, name='transformer')
 
 
@@ -172,15 +210,31 @@ def _full(model):
   return list(model.variables)
 
 
+_UNTIED = {'tie_decoder': False}
+
+
+@PARTITIONS.register('embeddings', model_overrides=_UNTIED)
+def _embeddings(model):
+  """The paper's "input layer": token and position embeddings (decoder untied)."""
+  return (model.get_layer('token_embedding').variables
+          + model.get_layer('position_embedding').variables)
+
+
+@PARTITIONS.register('decoder', model_overrides=_UNTIED)
+def _decoder(model):
+  """The paper's "output layer": the output projection and its bias (untied)."""
+  return model.get_layer('decoder').variables
+
+
 @PARTITIONS.register('first_block')
 def _first_block(model):
-  """The paper's "input layer" personalization for the transformer."""
+  """The first transformer block (the paper's "first block" variant)."""
   return _blocks(model)[0].variables
 
 
 @PARTITIONS.register('last_block')
 def _last_block(model):
-  """The paper's "output layer" personalization for the transformer."""
+  """The last transformer block (the paper's "last block" variant)."""
   return _blocks(model)[-1].variables
 
 

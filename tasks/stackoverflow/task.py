@@ -49,6 +49,7 @@ def create_task(
     model_size: str = 'tiny',
     personalization: str = 'last_block',
     adapter_size: int = 0,
+    dropout: float = 0.0,
     vocab_size: int = 10000,
     sequence_length: int = 20,
     batch_size: int = 16,
@@ -64,6 +65,7 @@ def create_task(
     model_size: A key of `model_lib.MODEL_SIZES` ('tiny', 'mini').
     personalization: A partition name of `PARTITIONS`.
     adapter_size: Bottleneck size of adapters (0: none; needed by 'adapter').
+    dropout: Dropout rate of the transformer (the paper's regularization study).
     vocab_size: Number of vocabulary words (tokens = words + 4).
     sequence_length: Tokens per example (truncated / padded).
     batch_size: Training batch size (examples).
@@ -87,7 +89,8 @@ def create_task(
   special = _preprocessing.get_special_tokens(len(vocab), num_out_of_vocab_buckets=1)
   config = model_lib.TransformerConfig(
       vocab_size=len(vocab) + 4, sequence_length=sequence_length,
-      adapter_size=adapter_size, **model_lib.MODEL_SIZES[model_size])
+      adapter_size=adapter_size, dropout=dropout,
+      **model_lib.MODEL_SIZES[model_size], **PARTITIONS.model_overrides(personalization))
 
   train_spec = tff.simulation.baselines.ClientSpec(
       num_epochs=1, batch_size=batch_size, max_elements=max_elements_per_client,
@@ -119,4 +122,5 @@ def create_task(
       input_spec=(spec, spec),
       partition_name=personalization,
       partition_fn=partition_fn,
+      complete_weights_fn=model_lib.untie_decoder_weights,
   )
