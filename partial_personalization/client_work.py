@@ -24,13 +24,13 @@ ModelWeights = tff.learning.models.ModelWeights
 LOCAL_UNITS = ('epochs', 'steps')
 
 
-def _phase_dataset(dataset: tf.data.Dataset, count: int, unit: str) -> tf.data.Dataset:
+def phase_dataset(dataset: tf.data.Dataset, count: int, unit: str) -> tf.data.Dataset:
   if unit == 'epochs':
     return dataset.repeat(count)
   return dataset.repeat().take(count)
 
 
-def _assign(variables, values):
+def assign(variables, values):
   tf.nest.map_structure(lambda v, t: v.assign(t), variables, values)
 
 
@@ -40,7 +40,7 @@ def build_metrics(loss_fn, metrics_fn) -> list[tf.keras.metrics.Metric]:
       tf.keras.metrics.MeanMetricWrapper(loss_fn(), name='loss')]
 
 
-def _model_parts(model_fn, loss_fn, metrics_fn):
+def model_parts(model_fn, loss_fn, metrics_fn):
   """Builds the model and metrics; returns (model, metrics, u variables, v variables)."""
   model = model_fn()
   shared = ModelWeights(list(model.global_trainable_variables),
@@ -50,7 +50,7 @@ def _model_parts(model_fn, loss_fn, metrics_fn):
   return model, build_metrics(loss_fn, metrics_fn), shared, personal
 
 
-def _read_metrics(metrics):
+def read_metrics(metrics):
   return collections.OrderedDict(
       (m.name, [v.read_value() for v in m.variables]) for m in metrics)
 
@@ -69,6 +69,7 @@ def build_client_update(
     tau_u: int,
     tau_v: int,
     local_unit: str,
+    personal_l2: float = 0.0,
 ) -> tff.Computation:
   """Builds `(u, v_i, dataset) -> ClientOutput` for one client.
 
@@ -83,6 +84,11 @@ def build_client_update(
     tau_u, tau_v: Number of local epochs (or steps) on u and on v; FedSim uses
       `tau_u` joint passes and ignores `tau_v`.
     local_unit: 'epochs' or 'steps'.
+    personal_l2: Weight decay of v: adds (personal_l2 / 2) ||v||^2 to the loss
+      of the personal steps (the paper's regularization study, Sec. 5).
+
+  With `tau_u=0` and `alternating=True` only v is trained: that is the
+  finetuning of the evaluation protocol (and reconstruction, when stateless).
 
   Returns:
     A `tff.Computation` returning an OrderedDict with `shared_update` (list of
@@ -97,7 +103,7 @@ def build_client_update(
 
   @tff.tensorflow.computation(shared_type, personal_type, data_type)
   def client_update(shared, personal, dataset):
-    model, metrics, shared_vars, personal_vars = _model_parts(model_fn, loss_fn, metrics_fn)
+    model, metrics, shared_vars, personal_vars = model_parts(model_fn, loss_fn, metrics_fn)
     loss = loss_fn()
 
     def specs(variables):
@@ -105,22 +111,24 @@ def build_client_update(
 
     def run_pass(data, train_shared: bool, train_personal: bool, record: bool):
       """One phase of local SGD on the selected parts; returns examples seen."""
-      groups = []
+      groups = []  # (variables, optimizer, l2)
       if train_shared and shared_vars.trainable:
-        groups.append((tuple(shared_vars.trainable), client_optimizer))
+        groups.append((tuple(shared_vars.trainable), client_optimizer, 0.0))
       if train_personal and personal_vars.trainable:
-        groups.append((tuple(personal_vars.trainable), personal_optimizer))
-      states = tuple(opt.initialize(specs(vs)) for vs, opt in groups)
+        groups.append((tuple(personal_vars.trainable), personal_optimizer, personal_l2))
+      states = tuple(opt.initialize(specs(vs)) for vs, opt, _ in groups)
       num_examples = tf.constant(0, tf.int64)
       for batch in data:
         with tf.GradientTape() as tape:
           output = model.forward_pass(batch, training=True)
           batch_loss = loss(output.labels, output.predictions)
-        grads = tape.gradient(batch_loss, [vs for vs, _ in groups])
+        grads = tape.gradient(batch_loss, [vs for vs, _, _ in groups])
         new_states = []
-        for (vs, opt), state, g in zip(groups, states, grads):
+        for (vs, opt, l2), state, g in zip(groups, states, grads):
+          if l2:
+            g = [gi + l2 * v for gi, v in zip(g, vs)]
           state, new_values = opt.next(state, vs, tuple(g))
-          _assign(vs, new_values)
+          assign(vs, new_values)
           new_states.append(state)
         states = tuple(new_states)
         if record:
@@ -131,20 +139,20 @@ def build_client_update(
 
     @tf.function
     def local_update(shared, personal, dataset):
-      _assign(shared_vars, shared)
-      _assign(personal_vars, personal)
+      assign(shared_vars, shared)
+      assign(personal_vars, personal)
       initial_shared = tf.nest.map_structure(tf.identity, shared.trainable)
       if alternating:
         if personal_vars.trainable and tau_v > 0:
-          run_pass(_phase_dataset(dataset, tau_v, local_unit), False, True, False)
+          run_pass(phase_dataset(dataset, tau_v, local_unit), False, True, False)
         num_examples = run_pass(
-            _phase_dataset(dataset, tau_u, local_unit), True, False, True)
+            phase_dataset(dataset, tau_u, local_unit), True, False, True)
       else:
         num_examples = run_pass(
-            _phase_dataset(dataset, tau_u, local_unit), True, True, True)
+            phase_dataset(dataset, tau_u, local_unit), True, True, True)
       shared_update = tf.nest.map_structure(
           tf.subtract, initial_shared, shared_vars.trainable)
-      unfinalized = _read_metrics(metrics)
+      unfinalized = read_metrics(metrics)
       new_personal = tf.nest.map_structure(lambda v: v.read_value(), personal_vars)
       return collections.OrderedDict(
           shared_update=shared_update,
@@ -166,26 +174,32 @@ def build_client_evaluation(
     shared_type: tff.types.Type,
     personal_type: tff.types.Type,
     data_type: tff.types.Type,
+    personal_replaces_shared: bool = False,
 ) -> tff.Computation:
   """Builds `(u, v_i, dataset) -> unfinalized metrics` (no training).
 
   The result maps each metric name (the task's metrics and `loss`) to the list
   of its Keras variable values; for mean metrics that is `[total, count]`.
+  With `personal_replaces_shared` (Ditto, pFedMe: v_i is a whole model of u's
+  type), the model evaluated is v_i alone.
   """
 
   @tff.tensorflow.computation(shared_type, personal_type, data_type)
   def evaluate(shared, personal, dataset):
-    model, metrics, shared_vars, personal_vars = _model_parts(model_fn, loss_fn, metrics_fn)
+    model, metrics, shared_vars, personal_vars = model_parts(model_fn, loss_fn, metrics_fn)
 
     @tf.function
     def run(shared, personal, dataset):
-      _assign(shared_vars, shared)
-      _assign(personal_vars, personal)
+      if personal_replaces_shared:
+        assign(shared_vars, personal)
+      else:
+        assign(shared_vars, shared)
+        assign(personal_vars, personal)
       for batch in dataset:
         output = model.forward_pass(batch, training=False)
         for m in metrics:
           m.update_state(output.labels, output.predictions)
-      return _read_metrics(metrics)
+      return read_metrics(metrics)
 
     return run(shared, personal, dataset)
 

@@ -31,9 +31,13 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from partial_personalization import client_work
+from partial_personalization import full_personalization
 
 ModelWeights = tff.learning.models.ModelWeights
-ALGORITHMS = ('fedalt', 'fedsim')
+PARTIAL_ALGORITHMS = ('fedalt', 'fedsim')
+# Full personalization: v_i is a whole model beside the global u.
+FULL_ALGORITHMS = ('ditto', 'pfedme')
+ALGORITHMS = PARTIAL_ALGORITHMS + FULL_ALGORITHMS
 
 
 def _weights_type(variables_trainable, variables_non_trainable):
@@ -100,23 +104,32 @@ def build_personalized_process(
     tau_u: int = 1,
     tau_v: int = 1,
     local_unit: str = 'epochs',
+    personal_l2: float = 0.0,
+    prox_strength: float = 0.1,
+    inner_steps: int = 5,
     model_aggregator: Optional[tff.aggregators.WeightedAggregationFactory] = None,
 ) -> PersonalizedProcess:
-  """Builds FedAlt (`algorithm='fedalt'`) or FedSim (`'fedsim'`).
+  """Builds FedAlt, FedSim, or the full-personalization Ditto and pFedMe.
 
   Args:
     model_fn: No-arg function returning a `tff.learning.models.ReconstructionModel`
       whose global variables are the shared part u and local variables the
-      personal part v (see `partition.build_reconstruction_model`).
+      personal part v (see `partition.build_reconstruction_model`). For
+      'ditto' and 'pfedme' all variables are global (the `none` partition) and
+      v_i is a second whole model of the same type.
     loss_fn: No-arg function returning a Keras loss (y_true, logits) -> scalar.
     metrics_fn: No-arg function returning Keras metrics, reported per round.
-    algorithm: 'fedalt' or 'fedsim'.
+    algorithm: 'fedalt', 'fedsim' (Pillutla et al., Algorithm 1), 'ditto' or
+      'pfedme' (see `full_personalization`).
     client_optimizer: Local optimizer of u.
     personal_optimizer: Local optimizer of v; defaults to `client_optimizer`.
     server_optimizer: Applies the mean update of u; defaults to SGD with
       learning rate 1.0 (plain averaging of local models, as FedAvg).
     tau_u, tau_v: Local epochs (or steps, see `local_unit`) on u and on v.
     local_unit: 'epochs' or 'steps'.
+    personal_l2: Weight decay of v in FedAlt/FedSim personal steps.
+    prox_strength: lambda of Ditto and pFedMe.
+    inner_steps: pFedMe's inner steps K per batch.
     model_aggregator: Weighted aggregation factory for u updates; defaults to
       `tff.aggregators.MeanFactory()` (example-weighted mean).
 
@@ -124,11 +137,13 @@ def build_personalized_process(
     A `PersonalizedProcess`.
 
   Raises:
-    ValueError: unknown `algorithm` or `local_unit`, or a model with no shared
-      trainable variable (full personalization has nothing to federate).
+    ValueError: unknown `algorithm` or `local_unit`, a model with no shared
+      trainable variable (nothing to federate), or Ditto/pFedMe with personal
+      variables in the model.
   """
   if algorithm not in ALGORITHMS:
     raise ValueError(f'algorithm must be one of {ALGORITHMS}, got {algorithm!r}')
+  full = algorithm in FULL_ALGORITHMS
   personal_optimizer = personal_optimizer or client_optimizer
   server_optimizer = server_optimizer or tff.learning.optimizers.build_sgdm(1.0)
   model_aggregator = model_aggregator or tff.aggregators.MeanFactory()
@@ -140,15 +155,26 @@ def build_personalized_process(
         'there is nothing to federate; train each client locally instead.'
     )
   common = dict(model_fn=model_fn, loss_fn=loss_fn, metrics_fn=metrics_fn,
-                shared_type=shared_type, personal_type=personal_type,
-                data_type=data_type)
-  client_update = client_work.build_client_update(
-      **common,
-      alternating=(algorithm == 'fedalt'),
-      client_optimizer=client_optimizer,
-      personal_optimizer=personal_optimizer,
-      tau_u=tau_u, tau_v=tau_v, local_unit=local_unit,
-  )
+                data_type=data_type, client_optimizer=client_optimizer,
+                personal_optimizer=personal_optimizer, tau_u=tau_u,
+                local_unit=local_unit)
+  if full:
+    if personal_type.trainable or personal_type.non_trainable:
+      raise ValueError(
+          f'{algorithm} personalizes the whole model: build it with the `none` '
+          'partition (v_i is a full copy of the model).')
+    personal_type = shared_type
+  if algorithm == 'ditto':
+    client_update = full_personalization.build_ditto_client_update(
+        **common, weights_type=shared_type, prox_strength=prox_strength, tau_v=tau_v)
+  elif algorithm == 'pfedme':
+    client_update = full_personalization.build_pfedme_client_update(
+        **common, weights_type=shared_type, prox_strength=prox_strength,
+        inner_steps=inner_steps)
+  else:
+    client_update = client_work.build_client_update(
+        **common, shared_type=shared_type, personal_type=personal_type,
+        alternating=(algorithm == 'fedalt'), tau_v=tau_v, personal_l2=personal_l2)
 
   distributor = tff.learning.templates.build_broadcast_process(shared_type)
   aggregator = model_aggregator.create(
@@ -218,7 +244,8 @@ def build_personalized_process(
 
   return PersonalizedProcess(
       initialize_fn, next_fn,
-      evaluate=build_personalized_evaluation(model_fn, loss_fn=loss_fn, metrics_fn=metrics_fn),
+      evaluate=build_personalized_evaluation(
+          model_fn, loss_fn=loss_fn, metrics_fn=metrics_fn, personal_replaces_shared=full),
       shared_type=shared_type, personal_type=personal_type)
 
 
@@ -227,18 +254,24 @@ def build_personalized_evaluation(
     *,
     loss_fn: Callable[[], tf.keras.losses.Loss],
     metrics_fn: Optional[Callable[[], list[tf.keras.metrics.Metric]]] = None,
+    personal_replaces_shared: bool = False,
 ) -> tff.Computation:
   """Per-client evaluation: (u@SERVER, v@CLIENTS, data@CLIENTS) -> metrics@CLIENTS.
 
   Each client evaluates the model (u, v_i) on its data, without training; the
   result is one OrderedDict of unfinalized metrics per client (name -> [total,
   count] for mean metrics, `loss` included), in client order. A
-  non-personalized model is evaluated by giving every client the same v.
+  non-personalized model is evaluated by giving every client the same v. With
+  `personal_replaces_shared` (Ditto, pFedMe) v_i is a whole model of u's type
+  and is evaluated alone.
   """
   shared_type, personal_type, data_type = model_types(model_fn)
+  if personal_replaces_shared:
+    personal_type = shared_type
   client_eval = client_work.build_client_evaluation(
       model_fn=model_fn, loss_fn=loss_fn, metrics_fn=metrics_fn,
-      shared_type=shared_type, personal_type=personal_type, data_type=data_type)
+      shared_type=shared_type, personal_type=personal_type, data_type=data_type,
+      personal_replaces_shared=personal_replaces_shared)
 
   @tff.federated_computation(
       tff.FederatedType(shared_type, tff.SERVER),
@@ -250,3 +283,41 @@ def build_personalized_evaluation(
         client_eval, (tff.federated_broadcast(shared), personal_weights, client_data))
 
   return evaluate
+
+
+def build_personal_finetuning(
+    model_fn: Callable[[], tff.learning.models.ReconstructionModel],
+    *,
+    loss_fn: Callable[[], tf.keras.losses.Loss],
+    optimizer: tff.learning.optimizers.Optimizer,
+    tau: int,
+    local_unit: str = 'epochs',
+    personal_l2: float = 0.0,
+) -> tff.Computation:
+  """Finetunes v on each client: (u@SERVER, v@CLIENTS, data@CLIENTS) -> v'@CLIENTS.
+
+  The evaluation protocol of Pillutla et al. (Sec. 5, "finetuning"): `tau`
+  epochs (or steps) of local training of the personal part with u frozen, on
+  the client's train split, before testing. From v_0 it is the reconstruction
+  step of stateless clients (Federated Reconstruction, Singhal et al. 2021);
+  with the `full` partition it is local finetuning of the whole model. It is
+  FedAlt's client update with no u pass.
+  """
+  shared_type, personal_type, data_type = model_types(model_fn)
+  update = client_work.build_client_update(
+      model_fn=model_fn, loss_fn=loss_fn, metrics_fn=None,
+      shared_type=shared_type, personal_type=personal_type, data_type=data_type,
+      alternating=True, client_optimizer=optimizer, personal_optimizer=optimizer,
+      tau_u=0, tau_v=tau, local_unit=local_unit, personal_l2=personal_l2)
+
+  @tff.federated_computation(
+      tff.FederatedType(shared_type, tff.SERVER),
+      tff.FederatedType(personal_type, tff.CLIENTS),
+      tff.FederatedType(data_type, tff.CLIENTS),
+  )
+  def finetune(shared, personal_weights, client_data):
+    outputs = tff.federated_map(
+        update, (tff.federated_broadcast(shared), personal_weights, client_data))
+    return outputs.personal_weights
+
+  return finetune

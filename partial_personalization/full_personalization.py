@@ -1,0 +1,207 @@
+"""Full-personalization baselines: Ditto and pFedMe client updates.
+
+Here every client keeps a whole personal model v_i (same type as the global
+model u), as in the "full personalization" rows of Pillutla et al. (ICML 2022,
+Table 2). Both plug into `personalized_process` exactly like FedAlt/FedSim:
+`(u, v_i, dataset) -> (shared_update, update_weight, personal_weights, metrics)`.
+
+* Ditto (Li et al., ICML 2021, Algorithm 1): the global part is FedAvg's local
+  SGD on u for `tau_u` passes; the personal model takes `tau_v` passes of
+      v <- v - lr_v (grad F_i(v) + lambda (v - u_t))
+  toward the broadcast u_t, from the stored v_i.
+* pFedMe (Dinh et al., NeurIPS 2020, Algorithm 1): the local model w starts at
+  u_t; for each batch, `inner_steps` gradient steps solve the Moreau-envelope
+  problem  theta ~ argmin f(theta; batch) + lambda/2 ||theta - w||^2  with
+      theta <- theta - lr_v (grad f(theta) + lambda (theta - w)),
+  then  w <- w - lr_u lambda (w - theta).  theta starts at u_t each round (as in
+  the authors' code) and its last value is the client's personal model. The
+  server's `(1 - beta) u + beta mean(w)` is server SGD with learning rate beta
+  on the averaged update u - w.
+
+Steps are taken by `tff.learning.optimizers` given the gradients above (the
+prox terms added), so with SGD they are the papers' rules exactly; optimizer
+states start fresh each round, as in `client_work`.
+"""
+
+import collections
+from typing import Callable, Optional
+
+import tensorflow as tf
+import tensorflow_federated as tff
+
+from partial_personalization import client_work
+
+ModelWeights = tff.learning.models.ModelWeights
+
+
+def _specs(tensors):
+  return tuple(tf.TensorSpec(t.shape, t.dtype) for t in tensors)
+
+
+def _step(optimizer, state, variables, grads):
+  """One optimizer step assigned to `variables`; returns the new state."""
+  state, new_values = optimizer.next(state, tuple(variables), tuple(grads))
+  client_work.assign(tuple(variables), new_values)
+  return state
+
+
+def _pass(model, loss, variables, data, optimizer, anchor=None, prox=0.0, metrics=()):
+  """Local steps over `data` on `variables`; with `anchor`, the gradient gets
+  prox * (var - anchor). Returns the number of examples seen."""
+  state = optimizer.initialize(_specs(variables))
+  num_examples = tf.constant(0, tf.int64)
+  for batch in data:
+    with tf.GradientTape() as tape:
+      output = model.forward_pass(batch, training=True)
+      batch_loss = loss(output.labels, output.predictions)
+    grads = tape.gradient(batch_loss, variables)
+    if anchor is not None:
+      grads = [g + prox * (v - a) for g, v, a in zip(grads, variables, anchor)]
+    state = _step(optimizer, state, variables, grads)
+    for m in metrics:
+      m.update_state(output.labels, output.predictions)
+    num_examples += tf.cast(output.num_examples, tf.int64)
+  return num_examples
+
+
+def _check(prox_strength, tau_u, tau_v, local_unit):
+  if prox_strength < 0:
+    raise ValueError(f'prox_strength (lambda) must be >= 0, got {prox_strength}')
+  if tau_u < 1 or tau_v < 0:
+    raise ValueError(f'need tau_u >= 1 and tau_v >= 0, got {tau_u}, {tau_v}')
+  if local_unit not in client_work.LOCAL_UNITS:
+    raise ValueError(f'local_unit must be one of {client_work.LOCAL_UNITS}')
+
+
+def _output(initial, final, num_examples, personal, metrics):
+  return collections.OrderedDict(
+      shared_update=[a - b for a, b in zip(initial, final)],
+      update_weight=tf.cast(num_examples, tf.float32),
+      personal_weights=personal,
+      metrics=client_work.read_metrics(metrics),
+  )
+
+
+def build_ditto_client_update(
+    *,
+    model_fn: Callable[[], tff.learning.models.ReconstructionModel],
+    loss_fn: Callable[[], tf.keras.losses.Loss],
+    metrics_fn: Optional[Callable[[], list[tf.keras.metrics.Metric]]],
+    weights_type: tff.types.Type,
+    data_type: tff.types.Type,
+    client_optimizer: tff.learning.optimizers.Optimizer,
+    personal_optimizer: tff.learning.optimizers.Optimizer,
+    prox_strength: float,
+    tau_u: int = 1,
+    tau_v: int = 1,
+    local_unit: str = 'epochs',
+) -> tff.Computation:
+  """Ditto's client: `(u, v_i, dataset) -> ClientOutput` (see module docstring).
+
+  Args:
+    model_fn: A `ReconstructionModel` whose variables are all global (the
+      `none` partition); u and v_i both have its `weights_type`.
+    client_optimizer: Optimizer of the global pass (FedAvg's local SGD).
+    personal_optimizer: Optimizer of the personal steps (SGD: lr_v).
+    prox_strength: lambda, the pull of v_i toward u_t (Ditto's Eq. 2).
+    tau_u, tau_v, local_unit: Passes of the global and personal updates.
+
+  Returns:
+    The same OrderedDict as `client_work.build_client_update`; metrics are of
+    the global pass. Raises ValueError for negative lambda or bad passes.
+  """
+  _check(prox_strength, tau_u, tau_v, local_unit)
+
+  @tff.tensorflow.computation(weights_type, weights_type, data_type)
+  def client_update(shared, personal, dataset):
+    model, metrics, variables, _ = client_work.model_parts(model_fn, loss_fn, metrics_fn)
+    loss = loss_fn()
+
+    @tf.function
+    def update(shared, personal, dataset):
+      anchor = [tf.identity(t) for t in shared.trainable]
+      client_work.assign(variables, personal)
+      _pass(model, loss, variables.trainable,
+            client_work.phase_dataset(dataset, tau_v, local_unit),
+            personal_optimizer, anchor, prox_strength)
+      new_personal = tf.nest.map_structure(lambda v: v.read_value(), variables)
+      client_work.assign(variables, shared)
+      num_examples = _pass(model, loss, variables.trainable,
+                           client_work.phase_dataset(dataset, tau_u, local_unit),
+                           client_optimizer, metrics=metrics)
+      return _output(anchor, variables.trainable, num_examples, new_personal, metrics)
+
+    return update(shared, personal, dataset)
+
+  return client_update
+
+
+def build_pfedme_client_update(
+    *,
+    model_fn: Callable[[], tff.learning.models.ReconstructionModel],
+    loss_fn: Callable[[], tf.keras.losses.Loss],
+    metrics_fn: Optional[Callable[[], list[tf.keras.metrics.Metric]]],
+    weights_type: tff.types.Type,
+    data_type: tff.types.Type,
+    client_optimizer: tff.learning.optimizers.Optimizer,
+    personal_optimizer: tff.learning.optimizers.Optimizer,
+    prox_strength: float,
+    inner_steps: int = 5,
+    tau_u: int = 1,
+    local_unit: str = 'epochs',
+) -> tff.Computation:
+  """pFedMe's client: `(u, v_i, dataset) -> ClientOutput` (see module docstring).
+
+  Args:
+    model_fn, weights_type, data_type: As `build_ditto_client_update`.
+    client_optimizer: Steps w with gradient lambda (w - theta) (SGD: eta).
+    personal_optimizer: Steps theta in the inner solver (SGD: its step size).
+    prox_strength: lambda of the Moreau envelope.
+    inner_steps: K, inner gradient steps per batch.
+    tau_u, local_unit: Passes over the data of the outer loop.
+
+  Returns:
+    As `build_ditto_client_update`; the incoming v_i is not used (theta
+    restarts at u_t) and the new v_i is the last theta. Metrics are of theta
+    before each batch's inner steps.
+  """
+  _check(prox_strength, tau_u, 0, local_unit)
+  if inner_steps < 1:
+    raise ValueError(f'inner_steps (K) must be >= 1, got {inner_steps}')
+
+  @tff.tensorflow.computation(weights_type, weights_type, data_type)
+  def client_update(shared, personal, dataset):
+    del personal  # theta restarts from u_t (Dinh et al.'s implementation).
+    model, metrics, variables, _ = client_work.model_parts(model_fn, loss_fn, metrics_fn)
+    loss = loss_fn()
+
+    @tf.function
+    def update(shared, dataset):
+      initial = [tf.identity(t) for t in shared.trainable]
+      client_work.assign(variables, shared)
+      theta = variables.trainable
+      w = tuple(tf.identity(t) for t in initial)
+      theta_state = personal_optimizer.initialize(_specs(theta))
+      w_state = client_optimizer.initialize(_specs(w))
+      num_examples = tf.constant(0, tf.int64)
+      for batch in client_work.phase_dataset(dataset, tau_u, local_unit):
+        for k in range(inner_steps):
+          with tf.GradientTape() as tape:
+            output = model.forward_pass(batch, training=True)
+            batch_loss = loss(output.labels, output.predictions)
+          if k == 0:  # Metrics and example count once per batch.
+            for m in metrics:
+              m.update_state(output.labels, output.predictions)
+            num_examples += tf.cast(output.num_examples, tf.int64)
+          grads = tape.gradient(batch_loss, theta)
+          theta_state = _step(
+              personal_optimizer, theta_state, theta,
+              [g + prox_strength * (v - a) for g, v, a in zip(grads, theta, w)])
+        w_state, w = client_optimizer.next(
+            w_state, w, tuple(prox_strength * (a - v) for a, v in zip(w, theta)))
+      new_personal = tf.nest.map_structure(lambda v: v.read_value(), variables)
+      return _output(initial, w, num_examples, new_personal, metrics)
+
+    return update(shared, dataset)
+
+  return client_update
