@@ -3,9 +3,14 @@
 Pillutla et al., ICML 2022, Sec. 5: each client is evaluated on its own test
 split with its own personal weights v_i and the final shared u; the baseline is
 the non-personalized model on the same data. Summaries are weighted by test
-tokens (the accuracy metric's `count`): the mean (equal to pooled accuracy), the
-10th percentile of per-client accuracy, and the fractions of clients helped
-(personalized > baseline), hurt (<) and unchanged.
+tokens (the accuracy metric's `count`): the mean (equal to pooled accuracy),
+standard deviation and 10/25/50/75/90th percentiles of per-client accuracy, and
+the fractions of clients helped (personalized > baseline), hurt (<) and
+unchanged.
+
+Beyond the paper: `choose_by_heldout` picks, per client, the personalized or
+the non-personalized model from the client's own heldout split only, and
+`gated_results` applies that choice to test results.
 """
 
 from typing import Callable, Optional, Sequence
@@ -89,18 +94,60 @@ def personalization_report(
   df = df[df.tokens > 0]
   df['delta'] = df.personalized - df.baseline
   w = df.tokens
-  summary = {
-      'clients': int(len(df)),
-      'test_tokens': int(w.sum()),
-      'personalized_mean': float(np.average(df.personalized, weights=w)),
-      'baseline_mean': float(np.average(df.baseline, weights=w)),
-      'personalized_p10': weighted_quantile(df.personalized, w, 0.1),
-      'baseline_p10': weighted_quantile(df.baseline, w, 0.1),
+  summary = {'clients': int(len(df)), 'test_tokens': int(w.sum())}
+  for column in ('personalized', 'baseline'):
+    summary.update(weighted_summary(df[column], w, prefix=column + '_'))
+  summary.update({
       'helped_fraction': float((df.delta > tolerance).mean()),
       'hurt_fraction': float((df.delta < -tolerance).mean()),
       'unchanged_fraction': float((df.delta.abs() <= tolerance).mean()),
-  }
+  })
   return df, summary
+
+
+PERCENTILES = (10, 25, 50, 75, 90)
+
+
+def weighted_summary(values, weights, prefix='') -> dict:
+  """Weighted mean, standard deviation and percentiles (`p10` ... `p90`)."""
+  values, weights = np.asarray(values, float), np.asarray(weights, float)
+  mean = float(np.average(values, weights=weights))
+  out = {f'{prefix}mean': mean,
+         f'{prefix}std': float(np.sqrt(np.average((values - mean) ** 2, weights=weights)))}
+  for p in PERCENTILES:
+    out[f'{prefix}p{p}'] = weighted_quantile(values, weights, p / 100)
+  return out
+
+
+def choose_by_heldout(heldout_personalized: pd.DataFrame, heldout_baseline: pd.DataFrame,
+                      metric: str, *, margin: float = 0.0) -> pd.Series:
+  """Per client: use the personalized model? Decided from heldout data only.
+
+  True where the personalized model's heldout `metric` beats the
+  non-personalized one by more than `margin`; False otherwise, also for
+  clients without heldout data (the shared model is the safe default).
+
+  Args:
+    heldout_personalized, heldout_baseline: `evaluate_clients` outputs on the
+      clients' heldout splits. metric: column compared.
+
+  Returns:
+    Boolean Series indexed by client id (clients of `heldout_personalized`).
+  """
+  pers = heldout_personalized[metric]
+  base = heldout_baseline[metric].reindex(pers.index)
+  return ((pers - base) > margin).fillna(False).rename('use_personalized')
+
+
+def gated_results(use_personalized: pd.Series, personalized: pd.DataFrame,
+                  baseline: pd.DataFrame) -> pd.DataFrame:
+  """Test results of the per-client choice: rows of `personalized` where
+  `use_personalized`, else of `baseline` (clients missing from the choice get
+  the baseline)."""
+  choice = use_personalized.reindex(personalized.index).fillna(False).astype(bool)
+  gated = baseline.reindex(personalized.index).copy()
+  gated[choice] = personalized[choice]
+  return gated
 
 
 def breakdown_by(per_client: pd.DataFrame, column: str, bins: Sequence[int]) -> pd.DataFrame:

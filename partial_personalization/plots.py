@@ -39,3 +39,77 @@ def plot_personalization(per_client: dict[str, pd.DataFrame], path: str,
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
+
+
+def _grid_axes(n, width=3.2, height=2.6):
+  cols = min(n, 6)
+  rows = -(-n // cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows),
+                           sharex=True, sharey=True, squeeze=False)
+  for ax in axes.flat[n:]:
+    ax.set_visible(False)
+  return fig, axes.flat
+
+
+def plot_delta_vs_train_size(per_client: dict[str, pd.DataFrame], path: str) -> None:
+  """One panel per run: per-client accuracy change (points) vs train examples (log x)."""
+  fig, axes = _grid_axes(len(per_client))
+  for ax, (name, df) in zip(axes, per_client.items()):
+    hurt = df.delta < 0
+    ax.scatter(df.train_examples[~hurt], 100 * df.delta[~hurt], s=6, alpha=0.6)
+    ax.scatter(df.train_examples[hurt], 100 * df.delta[hurt], s=6, alpha=0.6, color='tab:red')
+    ax.axhline(0, color='k', lw=0.8)
+    ax.set_xscale('log')
+    ax.set_title(f'{name}\nhurt {hurt.mean():.0%}', fontsize=8)
+  fig.supxlabel('client train examples (sentences, log scale)')
+  fig.supylabel('accuracy change vs non-personalized (points)')
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def plot_delta_histograms(per_client: dict[str, pd.DataFrame], path: str) -> None:
+  """One panel per run: histogram of per-client accuracy change (points)."""
+  fig, axes = _grid_axes(len(per_client))
+  for ax, (name, df) in zip(axes, per_client.items()):
+    ax.hist(100 * df.delta, bins=30, color='tab:blue', alpha=0.8)
+    ax.axvline(0, color='k', lw=0.8)
+    ax.set_title(name, fontsize=8)
+  fig.supxlabel('accuracy change vs non-personalized (points)')
+  fig.supylabel('clients')
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def plot_accuracy_vs_parameters(table: pd.DataFrame, path: str) -> None:
+  """Mean (filled) and 10th-percentile (hollow) accuracy vs personal parameters.
+
+  `table` is `grid_lib.results_table`: columns method, state, partition,
+  personal_parameters, personalized_mean, personalized_p10; the
+  non-personalized row (0 parameters) is drawn as horizontal lines.
+  """
+  fig, ax = plt.subplots(figsize=(8, 5))
+  base = table[table.personal_parameters == 0]
+  rest = table[table.personal_parameters > 0]
+  for _, r in base.iterrows():
+    ax.axhline(100 * r.personalized_mean, color='k', lw=1, label='non-personalized mean')
+    ax.axhline(100 * r.personalized_p10, color='k', lw=1, ls=':', label='non-personalized p10')
+  markers = {'FedAlt': 'o', 'FedSim': 's'}
+  for (method, state), g in rest.groupby(['method', 'state'], sort=False):
+    label = f'{method} {state}'.strip()
+    line = ax.scatter(g.personal_parameters, 100 * g.personalized_mean,
+                      marker=markers.get(method, '^'), label=label)
+    ax.scatter(g.personal_parameters, 100 * g.personalized_p10, marker=markers.get(method, '^'),
+               facecolors='none', edgecolors=line.get_facecolor())
+    for _, r in g.iterrows():
+      ax.annotate(r.partition, (r.personal_parameters, 100 * r.personalized_mean),
+                  fontsize=6, xytext=(3, 3), textcoords='offset points')
+  ax.set_xscale('log')
+  ax.set(xlabel='personal parameters per client (log scale)',
+         ylabel='test accuracy (%), filled: mean, hollow: 10th percentile',
+         title='Accuracy vs size of the personal part')
+  ax.legend(fontsize=7, loc='best')
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)

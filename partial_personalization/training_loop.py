@@ -94,11 +94,17 @@ class FedAvgRunner(RoundRunner):
 
 @dataclasses.dataclass
 class PersonalizedRunner(RoundRunner):
-  """FedAlt/FedSim: reads v_i from the store, writes the new v_i back."""
+  """FedAlt/FedSim/Ditto/pFedMe: reads v_i from the store, writes the new v_i back.
+
+  `stateless=True` is the Federated Reconstruction setting: every participation
+  starts from v_0 (`store.initial`) and the trained v_i is dropped after the
+  round, so nothing personal persists between rounds.
+  """
 
   process: Any  # personalized_process.PersonalizedProcess
   store: client_state.ClientStateStore
   initial_shared: Optional[ModelWeights] = None
+  stateless: bool = False
 
   def initialize(self):
     state = self.process.initialize()
@@ -107,9 +113,13 @@ class PersonalizedRunner(RoundRunner):
     return state
 
   def run_round(self, state, round_num, client_ids, datasets):
-    personal = self.store.read(client_ids, before_round=round_num)
+    if self.stateless:
+      personal = [self.store.initial] * len(client_ids)
+    else:
+      personal = self.store.read(client_ids, before_round=round_num)
     state, new_personal, metrics = self.process.next(state, personal, datasets)
-    self.store.write(round_num, client_ids, new_personal)
+    if not self.stateless:
+      self.store.write(round_num, client_ids, new_personal)
     return state, metrics
 
   def global_weights(self, state):

@@ -1,10 +1,13 @@
 """Library behind `runners/train.py`: one experiment from a `TrainConfig`.
 
-`train(config)` builds the task and the process (TFF's FedAvg, or our FedAlt /
-FedSim), runs or resumes training in `<root_output_dir>/<experiment_name>`,
-exports the final global model to `model.npz`, and for personalized runs
-writes the per-client report (`report/`) against a non-personalized model.
-No flags are parsed here, so notebooks can import and call it.
+`train(config)` builds the task and the process (TFF's FedAvg or FedRecon, our
+FedAlt / FedSim, stateful or stateless, or the Ditto / pFedMe baselines), runs
+or resumes training in `<root_output_dir>/<experiment_name>`, exports the final
+global model to `model.npz`, and writes the per-client report (`report/`)
+against a non-personalized model, following the evaluation protocol of
+Pillutla et al. (Sec. 5): optional finetuning of the personal part on each
+client's train split, then test accuracy per client. No flags are parsed here,
+so notebooks can import and call it.
 """
 
 import dataclasses
@@ -14,6 +17,7 @@ from typing import Optional
 
 from absl import logging
 import numpy as np
+import pandas as pd
 import tensorflow_federated as tff
 import tqdm
 
@@ -25,7 +29,8 @@ from partial_personalization import task as task_lib
 from partial_personalization import training_loop
 from tasks.stackoverflow import task as stackoverflow_task
 
-ALGORITHMS = ('fedavg', 'fedalt', 'fedsim')
+# fedrecon: TFF's `build_fed_recon` (stateless, FedAlt-style).
+ALGORITHMS = ('fedavg', 'fedrecon') + personalized_process.ALGORITHMS
 TASKS = {'stackoverflow': stackoverflow_task}
 OPTIMIZERS = {
     'sgd': lambda lr: tff.learning.optimizers.build_sgdm(learning_rate=lr),
@@ -50,6 +55,7 @@ class TrainConfig:
   personalization: str = 'last_block'
   model_size: str = 'tiny'
   adapter_size: int = 0
+  dropout: float = 0.0
   vocab_size: int = 10000
   client_optimizer: str = 'sgd'
   client_learning_rate: float = 0.1
@@ -63,6 +69,14 @@ class TrainConfig:
   tau_u: int = 1
   tau_v: int = 1
   local_unit: str = 'epochs'
+  stateless: bool = False
+  personal_l2: float = 0.0
+  prox_strength: float = 0.1
+  inner_steps: int = 5
+  finetune_epochs: int = 0
+  finetune_learning_rate: Optional[float] = None
+  finetune_personalization: Optional[str] = None
+  report_clients: int = 0
   rounds_per_eval: int = 0
   eval_clients: int = 32
   rounds_per_checkpoint: int = 1
@@ -80,22 +94,36 @@ class TrainConfig:
     for name in ('client_optimizer', 'server_optimizer'):
       if getattr(self, name) not in OPTIMIZERS:
         raise ValueError(f'--{name} must be one of {sorted(OPTIMIZERS)}')
-    if self.algorithm == 'fedavg' and self.personalization != 'none':
-      raise ValueError("--algorithm=fedavg trains one global model: use --personalization=none")
-    for name in ('total_rounds', 'clients_per_round', 'client_batch_size', 'rounds_per_checkpoint'):
+    if self.algorithm in ('fedavg', 'ditto', 'pfedme') and self.personalization != 'none':
+      raise ValueError(
+          f'--algorithm={self.algorithm} trains whole models: use --personalization=none')
+    if self.stateless and self.algorithm not in personalized_process.PARTIAL_ALGORITHMS:
+      raise ValueError('--stateless applies to fedalt and fedsim (fedrecon is stateless already)')
+    if self.finetune_personalization and self.algorithm != 'fedavg':
+      raise ValueError('--finetune_personalization is for --algorithm=fedavg (local '
+                       'finetuning baseline); other runs finetune their personal part')
+    for name in ('finetune_epochs', 'report_clients'):
+      if getattr(self, name) < 0:
+        raise ValueError(f'--{name} must be >= 0')
+    for name in ('clients_per_round', 'client_batch_size', 'rounds_per_checkpoint'):
       if getattr(self, name) < 1:
         raise ValueError(f'--{name} must be >= 1')
+    if self.total_rounds < 0:
+      raise ValueError('--total_rounds must be >= 0 (0: evaluate the start model only)')
 
   @property
   def run_dir(self) -> str:
     return os.path.join(self.root_output_dir, self.experiment_name)
 
 
-def create_task(config: TrainConfig) -> task_lib.PersonalizationTask:
+def create_task(config: TrainConfig,
+                personalization: Optional[str] = None) -> task_lib.PersonalizationTask:
+  """The task of `config`, with another partition if `personalization` is given."""
   return TASKS[config.task].create_task(
       config.cache_dir, model_size=config.model_size,
-      personalization=config.personalization, adapter_size=config.adapter_size,
-      vocab_size=config.vocab_size, batch_size=config.client_batch_size,
+      personalization=personalization or config.personalization,
+      adapter_size=config.adapter_size,
+      dropout=config.dropout, vocab_size=config.vocab_size, batch_size=config.client_batch_size,
       max_elements_per_client=config.max_examples_per_client)
 
 
@@ -152,14 +180,38 @@ def _build_runner(config, task, named_init, store):
         task.variable_model_fn, client_optimizer_fn=client_opt,
         server_optimizer_fn=server_opt)
     return training_loop.FedAvgRunner(process, initial_weights=shared)
-  personal_opt = OPTIMIZERS[config.client_optimizer](
-      config.personal_learning_rate or config.client_learning_rate)
+  if config.algorithm == 'fedrecon':
+    # Configured as stateless FedAlt: reconstruction on the whole client
+    # dataset for tau_v epochs, then tau_u epochs on u (see docs/design.md).
+    process = tff.learning.algorithms.build_fed_recon(
+        task.reconstruction_model_fn, loss_fn=task.loss_fn, metrics_fn=task.metrics_fn,
+        client_optimizer_fn=client_opt, server_optimizer_fn=server_opt,
+        reconstruction_optimizer_fn=_personal_optimizer(config),
+        dataset_split_fn=tff.learning.models.ReconstructionModel.build_dataset_split_fn(
+            recon_epochs=config.tau_v, post_recon_epochs=config.tau_u, split_dataset=False))
+    return training_loop.FedAvgRunner(process, initial_weights=shared)
   process = personalized_process.build_personalized_process(
       task.reconstruction_model_fn, loss_fn=task.loss_fn, metrics_fn=task.metrics_fn,
       algorithm=config.algorithm, client_optimizer=client_opt,
-      personal_optimizer=personal_opt, server_optimizer=server_opt,
-      tau_u=config.tau_u, tau_v=config.tau_v, local_unit=config.local_unit)
-  return training_loop.PersonalizedRunner(process, store, initial_shared=shared)
+      personal_optimizer=_personal_optimizer(config), server_optimizer=server_opt,
+      tau_u=config.tau_u, tau_v=config.tau_v, local_unit=config.local_unit,
+      personal_l2=config.personal_l2, prox_strength=config.prox_strength,
+      inner_steps=config.inner_steps)
+  return training_loop.PersonalizedRunner(process, store, initial_shared=shared,
+                                          stateless=config.stateless)
+
+
+def _personal_optimizer(config, learning_rate=None):
+  return OPTIMIZERS[config.client_optimizer](
+      learning_rate or config.personal_learning_rate or config.client_learning_rate)
+
+
+def is_stateless(config) -> bool:
+  return config.stateless or config.algorithm == 'fedrecon'
+
+
+def is_full_personalization(config) -> bool:
+  return config.algorithm in personalized_process.FULL_ALGORITHMS
 
 
 def evaluation_clients(task) -> list[str]:
@@ -183,11 +235,18 @@ def train(config: TrainConfig) -> dict:
   task = create_task(config)
   _check_or_write_flags(config)
   named_init = initial_named_weights(task, config)
-  _, initial_personal = task.partition.split(named_init)
+  shared_init, initial_personal = task.partition.split(named_init)
+  if is_full_personalization(config):
+    initial_personal = shared_init  # v_0 is the whole start model.
   store = client_state.ClientStateStore(
       os.path.join(config.run_dir, 'client_state.sqlite'), initial_personal)
   runner = _build_runner(config, task, named_init, store)
   shared_n, personal_n = task.partition.num_parameters()
+  if is_full_personalization(config):
+    personal_n = shared_n
+  elif config.algorithm == 'fedavg' and config.finetune_epochs:
+    personal_n = create_task(
+        config, config.finetune_personalization or 'full').partition.num_parameters()[1]
   logging.info('%s/%s: %d shared and %d personal parameters',
                config.algorithm, config.personalization, shared_n, personal_n)
 
@@ -223,43 +282,155 @@ def train(config: TrainConfig) -> dict:
       seed=config.seed, rounds_per_checkpoint=config.rounds_per_checkpoint,
       rounds_per_eval=config.rounds_per_eval, eval_fn=eval_fn, progress=config.progress)
   final_shared = runner.global_weights(result.state)
-  partition_lib.save_named_weights(
-      os.path.join(config.run_dir, 'model.npz'),
-      task.partition.merge(final_shared, store.initial))
+  # Full personalization: u is the whole model ('none'), store.initial a copy.
+  final_named = task.partition.merge(
+      final_shared, None if is_full_personalization(config) else store.initial)
+  partition_lib.save_named_weights(os.path.join(config.run_dir, 'model.npz'), final_named)
   summary = None
-  if config.report and config.algorithm != 'fedavg':
-    summary = write_report(config, task, evaluate, final_shared, store, named_init)
+  if config.report and (config.algorithm != 'fedavg' or config.finetune_epochs):
+    summary = write_report(config, task, evaluate, final_named, store, named_init)
+    summary['personal_parameters'] = personal_n
   store.close()
   return {'run_dir': config.run_dir, 'summary': summary,
           'rounds_run': result.rounds_run, 'seconds': result.seconds,
           'shared_parameters': shared_n, 'personal_parameters': personal_n}
 
 
-def write_report(config, task, evaluate, shared, store, start_weights) -> dict:
+def _report_clients(task, config) -> list[str]:
+  ids = evaluation_clients(task)
+  if config.report_clients and config.report_clients < len(ids):
+    ids = sorted(np.random.default_rng(config.seed).permutation(ids)[:config.report_clients])
+  return ids
+
+
+def _eval_datasets(task, data, ids):
+  return [task.eval_preprocess_fn(data.create_tf_dataset_for_client(c)) for c in ids]
+
+
+def _finetune_epochs(config) -> int:
+  """Stateless runs must reconstruct v_i: `--tau_v` epochs unless set."""
+  if is_stateless(config):
+    return config.finetune_epochs or config.tau_v
+  return config.finetune_epochs
+
+
+def _report_weights(config, task, evaluate, final_named, store, ids, bar):
+  """The personalized model of each report client, finetuned if asked.
+
+  Returns (evaluate computation, u, [v_i]). Stateless runs reconstruct v_i
+  from v_0 on the client's train split (`_finetune_epochs`); FedAvg with
+  `--finetune_epochs` is the local finetuning baseline of
+  `--finetune_personalization` (default: the whole model).
+  """
+  if config.algorithm == 'fedavg':
+    part = config.finetune_personalization or 'full'
+    task = create_task(config, personalization=part)
+    evaluate = personalized_process.build_personalized_evaluation(
+        task.reconstruction_model_fn, loss_fn=task.loss_fn, metrics_fn=task.metrics_fn)
+    u, v0 = task.partition.split(task.complete_weights_fn(final_named, task.partition.shapes))
+    personal = [v0] * len(ids)
+  elif is_full_personalization(config):
+    u = task.partition.split(final_named)[0]
+    personal = store.read(ids, before_round=store.committed_round + 1)
+  else:
+    u = task.partition.split(final_named)[0]
+    if is_stateless(config):
+      personal = [store.initial] * len(ids)
+    else:
+      personal = store.read(ids, before_round=store.committed_round + 1)
+  epochs = _finetune_epochs(config)
+  if epochs:
+    finetune = personalized_process.build_personal_finetuning(
+        task.reconstruction_model_fn, loss_fn=task.loss_fn,
+        optimizer=_personal_optimizer(config, config.finetune_learning_rate),
+        tau=epochs, local_unit=config.local_unit, personal_l2=config.personal_l2)
+    train_sets = [task.train_preprocess_fn(task.train_data.create_tf_dataset_for_client(c),
+                                           training_loop.dataset_seed(config.seed, 0, i))
+                  for i, c in enumerate(ids)]
+    bar.set_description('finetuning personal parts')
+    tuned = []
+    for start in range(0, len(ids), 64):
+      chunk = finetune(u, personal[start:start + 64], train_sets[start:start + 64])
+      tuned += chunk
+      bar.update(len(chunk))
+    personal = tuned
+  return evaluate, u, personal
+
+
+def _baseline_results(config, task, baseline_named, ids, datasets, bar) -> dict:
+  """Per-client results of the non-personalized model on each split.
+
+  Cached beside `--baseline_model` (`baseline_eval_<split>.csv`), since every
+  run of a grid compares with the same model on the same clients.
+  """
+  metric = task.report_metric
+  cache_dir = config.baseline_model if config.baseline_model and os.path.isdir(
+      config.baseline_model) else None
+  results, evaluate = {}, None
+  for split, sets in datasets.items():
+    path = cache_dir and os.path.join(cache_dir, f'baseline_eval_{split}.csv')
+    if path and os.path.exists(path):
+      cached = pd.read_csv(path, index_col=0)
+      if set(ids) <= set(cached.index):
+        results[split] = cached.loc[ids]
+        bar.update(len(ids))
+        continue
+    if evaluate is None:  # The run's model with the baseline's weights.
+      evaluate = personalized_process.build_personalized_evaluation(
+          task.reconstruction_model_fn, loss_fn=task.loss_fn, metrics_fn=task.metrics_fn)
+      u, v = task.partition.split(task.complete_weights_fn(baseline_named, task.partition.shapes))
+    bar.set_description(f'evaluating the baseline ({split})')
+    results[split] = evaluation.evaluate_clients(
+        evaluate, u, [v] * len(ids), sets, ids, metric, progress=bar.update)
+    if path:
+      results[split].to_csv(path)
+  return results
+
+
+def write_report(config, task, evaluate, final_named, store, start_weights) -> dict:
   """Per-client test accuracy, personalized vs the non-personalized model.
 
   The baseline is `--baseline_model` (e.g. FedAvg trained as long), else
   `start_weights`, the model the run started from (`--init_from`, else its
-  seeded initial weights).
+  seeded initial weights). Also evaluates both on each client's heldout split
+  and reports the heldout-gated choice between them (`gated_*` keys; test data
+  never enters the choice).
   """
   metric = task.report_metric
   if config.baseline_model:
-    baseline_named = task.complete_weights_fn(
-        load_init_weights(config.baseline_model), task.partition.shapes)
+    baseline_named = load_init_weights(config.baseline_model)
   else:
     baseline_named = start_weights
-  base_u, base_v = task.partition.split(baseline_named)
-  ids = evaluation_clients(task)
-  datasets = [task.eval_preprocess_fn(task.test_data.create_tf_dataset_for_client(c)) for c in ids]
-  committed = store.committed_round
-  with tqdm.tqdm(total=2 * len(ids), desc='evaluating clients', unit='client',
+  ids = _report_clients(task, config)
+  heldout_ids = set(task.heldout_data.client_ids)
+  datasets = {'test': _eval_datasets(task, task.test_data, ids)}
+  h_ids = [c for c in ids if c in heldout_ids]
+  total = (3 if _finetune_epochs(config) else 2) * len(ids) + 2 * len(h_ids)
+  with tqdm.tqdm(total=total, desc='evaluating clients', unit='client',
                  disable=not config.progress) as bar:
+    evaluate, u, personal = _report_weights(config, task, evaluate, final_named, store, ids, bar)
+    bar.set_description('evaluating personalized models')
     pers = evaluation.evaluate_clients(
-        evaluate, shared, store.read(ids, before_round=committed + 1), datasets, ids,
-        metric, progress=bar.update)
-    base = evaluation.evaluate_clients(
-        evaluate, base_u, [base_v] * len(ids), datasets, ids, metric, progress=bar.update)
+        evaluate, u, personal, datasets['test'], ids, metric, progress=bar.update)
+    by_id = dict(zip(ids, personal))
+    h_sets = _eval_datasets(task, task.heldout_data, h_ids)
+    pers_heldout = evaluation.evaluate_clients(
+        evaluate, u, [by_id[c] for c in h_ids], h_sets, h_ids, metric, progress=bar.update)
+    base = _baseline_results(config, task, baseline_named, ids, datasets, bar)['test']
+    base_heldout = _baseline_results(
+        config, task, baseline_named, h_ids, {'heldout': h_sets}, bar)['heldout']
   per_client, summary = evaluation.personalization_report(pers, base, metric)
+  use_personalized = evaluation.choose_by_heldout(pers_heldout, base_heldout, metric)
+  gated = evaluation.gated_results(use_personalized, pers, base)
+  _, gated_summary = evaluation.personalization_report(gated, base, metric)
+  summary.update({f'gated_{k}': v for k, v in gated_summary.items()
+                  if k.startswith(('personalized_', 'helped', 'hurt', 'unchanged'))})
+  summary['gated_personalized_fraction'] = float(
+      use_personalized.reindex(per_client.index).fillna(False).mean())
+  per_client['use_personalized'] = use_personalized.reindex(per_client.index).fillna(False)
+  per_client['gated'] = gated[metric].reindex(per_client.index)
+  per_client['train_examples'] = _train_sizes(task, list(per_client.index))
+  committed = store.committed_round
   per_client['participations'] = store.participations(list(per_client.index), committed + 1)
   per_client['participated'] = per_client.participations > 0
   summary['clients_participated'] = int(per_client.participated.sum())
@@ -273,3 +444,8 @@ def write_report(config, task, evaluate, shared, store, start_weights) -> dict:
     json.dump(summary, f, indent=2)
   return summary
 
+
+def _train_sizes(task, ids) -> list[int]:
+  """Train examples (sentences) per client, read from the raw ClientData."""
+  return [int(task.train_data.create_tf_dataset_for_client(c).reduce(0, lambda n, _: n + 1))
+          for c in ids]

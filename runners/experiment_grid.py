@@ -1,0 +1,115 @@
+"""The paper's grid on real Stack Exchange data: one command, table and figures.
+
+  bazel run //runners:experiment_grid -- --output_dir=output/grid
+
+1. Converts the dumps (`--dump_dirs`) once, as the main job does.
+2. FedAvg pretraining, then FedAvg for `--rounds` more: the non-personalized row.
+3. Each cell of `grid_lib.paper_cells` (`--cells` globs select some), from the
+   pretrained model for `--rounds` rounds, and its per-client report against
+   that FedAvg model (mean, std, percentiles, helped/hurt, heldout gating).
+4. Writes `table.csv`, `table.md`, `delta_vs_train_size.png`,
+   `delta_histograms.png`, `accuracy_vs_parameters.png` to `--output_dir`.
+
+Resumable: run it again and finished cells are skipped. `--num_shards` and
+`--shard_index` split the cells across processes (the baseline is trained once
+under a file lock); run a last time without `--cells` to write the full table.
+"""
+
+import json
+import os
+
+from absl import app
+from absl import flags
+
+from partial_personalization import plots
+from runners import flags_lib
+from runners import grid_lib
+from runners import paths
+from tasks.stackoverflow import convert_lib
+
+_DUMP_DIRS = flags.DEFINE_list('dump_dirs', ['../shared/data/stackexchange'],
+                               'Stack Exchange site folders, or folders of them.')
+_OUTPUT_DIR = flags.DEFINE_string('output_dir', 'output/grid', 'Runs, table and figures.')
+_MIN_EXAMPLES = flags.DEFINE_integer('min_examples', 200, 'Sentences a client needs to be kept.')
+_PRETRAIN_ROUNDS = flags.DEFINE_integer('pretrain_rounds', 25, 'FedAvg pretraining rounds.')
+_ROUNDS = flags.DEFINE_integer('rounds', 10, 'Rounds of every cell after pretraining.')
+_CLIENTS_PER_ROUND = flags.DEFINE_integer('clients_per_round', 10, 'Clients per round.')
+_MODEL_SIZE = flags.DEFINE_string('model_size', 'tiny', 'tiny or mini.')
+_CLIENT_LR = flags.DEFINE_float('client_learning_rate', 0.5, 'Local SGD learning rate (u).')
+_PERSONAL_LR = flags.DEFINE_float('personal_learning_rate', 0.1, 'Local SGD learning rate (v).')
+_MAX_EXAMPLES = flags.DEFINE_integer('max_examples_per_client', 128,
+                                     'Examples a client uses per round.')
+_FINETUNE_EPOCHS = flags.DEFINE_integer('finetune_epochs', 1,
+                                        'Epochs of the local finetuning baseline.')
+_PROX = flags.DEFINE_float('prox_strength', 0.1, 'lambda of Ditto and pFedMe.')
+_REPORT_CLIENTS = flags.DEFINE_integer('report_clients', 0,
+                                       'Clients in each report (0: all with train and test).')
+_PARTITIONS = flags.DEFINE_list('partitions', list(grid_lib.PARTITIONS), 'Grid partitions.')
+_CELLS = flags.DEFINE_list('cells', [], 'Glob patterns of cell names to run (default: all).')
+_NUM_SHARDS = flags.DEFINE_integer('num_shards', 1, 'Split the cells across this many processes.')
+_SHARD_INDEX = flags.DEFINE_integer('shard_index', 0, 'Which split this process runs.')
+_SEED = flags.DEFINE_integer('seed', 0, 'Seed.')
+_PROGRESS = flags.DEFINE_bool('progress', True, 'Show progress bars.')
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  flags_lib.quiet_logs()
+  flags_lib.exit_on_user_error(_run)
+
+
+def _run():
+  if not 0 <= _SHARD_INDEX.value < _NUM_SHARDS.value:
+    raise ValueError('need 0 <= --shard_index < --num_shards')
+  out = paths.resolve_path(_OUTPUT_DIR.value)
+  data_dir = os.path.join(out, 'data')
+  if not os.path.exists(os.path.join(data_dir, convert_lib.DATABASE_FILENAME)):
+    print('== converting the Stack Exchange dumps')
+    stats = convert_lib.convert([paths.resolve_path(d) for d in _DUMP_DIRS.value],
+                                data_dir, min_examples=_MIN_EXAMPLES.value)
+    print(stats.summary())
+  common = dict(
+      root_output_dir=out, cache_dir=data_dir, model_size=_MODEL_SIZE.value,
+      client_learning_rate=_CLIENT_LR.value, personal_learning_rate=_PERSONAL_LR.value,
+      clients_per_round=_CLIENTS_PER_ROUND.value, max_examples_per_client=_MAX_EXAMPLES.value,
+      prox_strength=_PROX.value, report_clients=_REPORT_CLIENTS.value, seed=_SEED.value,
+      rounds_per_checkpoint=5, progress=_PROGRESS.value)
+  all_cells = grid_lib.paper_cells(partitions=_PARTITIONS.value,
+                                   finetune_epochs=_FINETUNE_EPOCHS.value)
+  cells = grid_lib.select(all_cells, _CELLS.value)[_SHARD_INDEX.value::_NUM_SHARDS.value]
+  summaries = {}
+  with flags_lib.tff_runtime():
+    grid_lib.train_baseline(common, pretrain_rounds=_PRETRAIN_ROUNDS.value,
+                            rounds=_ROUNDS.value)
+    for i, cell in enumerate(cells, 1):
+      print(f'[{i}/{len(cells)}]', end=' ')
+      summaries[cell.name] = grid_lib.run_cell(
+          cell, grid_lib.cell_config(cell, common, _ROUNDS.value))
+  # The table covers every finished cell on disk, also those of other shards.
+  for cell in all_cells:
+    path = os.path.join(out, cell.name, 'report', 'summary.json')
+    if cell.name not in summaries and os.path.exists(path):
+      with open(path) as f:
+        summaries[cell.name] = json.load(f)
+  table = grid_lib.results_table(all_cells, summaries)
+  table.to_csv(os.path.join(out, 'table.csv'), index=False)
+  markdown = grid_lib.markdown_table(table)
+  with open(os.path.join(out, 'table.md'), 'w') as f:
+    f.write(markdown + '\n')
+  frames = grid_lib.per_client_frames(all_cells, common)
+  if frames:
+    plots.plot_delta_vs_train_size(frames, os.path.join(out, 'delta_vs_train_size.png'))
+    plots.plot_delta_histograms(frames, os.path.join(out, 'delta_histograms.png'))
+    plots.plot_accuracy_vs_parameters(table, os.path.join(out, 'accuracy_vs_parameters.png'))
+  missing = [c.name for c in all_cells if c.name not in summaries]
+  print('\nPer-client test accuracy weighted by test tokens; hurt = clients below the '
+        'non-personalized model; gated = per-client choice from heldout data.\n')
+  print(markdown)
+  if missing:
+    print(f'\nnot finished yet: {", ".join(missing)}')
+  print(f'\ntable and figures: {out}/table.md, table.csv, *.png')
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,195 @@
+"""The paper's experimental grid as runs of `train_lib`, and its table.
+
+Pillutla et al. (ICML 2022), Table 2: rows are the non-personalized model,
+full personalization (local finetuning, Ditto, pFedMe) and partial
+personalization (each partition, trained with FedAlt and FedSim); here also
+stateful vs stateless clients. Every cell is one `train_lib.train` run under
+`<out>/<cell name>`, started from one FedAvg pretraining and compared with one
+FedAvg model trained as many rounds more (the non-personalized row), so all
+cells share the baseline and its cached per-client results.
+
+A cell whose `report/summary.json` exists is done and skipped, so a grid
+resumes cell by cell (and each unfinished cell resumes round by round).
+"""
+
+import dataclasses
+import fcntl
+import fnmatch
+import json
+import os
+from typing import Optional, Sequence
+
+import pandas as pd
+
+from runners import train_lib
+
+PRETRAIN, BASELINE = 'fedavg_pretrain', 'fedavg'
+# Partition name in the grid -> (personalization flag, adapter size).
+PARTITIONS = {
+    'embeddings': ('embeddings', 0),
+    'first_block': ('first_block', 0),
+    'last_block': ('last_block', 0),
+    'decoder': ('decoder', 0),
+    'adapter16': ('adapter', 16),
+    'adapter64': ('adapter', 64),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+  """One configuration of the grid.
+
+  Attributes:
+    name: Run directory name, e.g. 'fedalt_last_block_stateless'.
+    group: 'full' or 'partial' (table section).
+    method: Table label of the algorithm, e.g. 'FedAlt', 'Ditto'.
+    partition: Grid partition name ('full' for full personalization).
+    stateful: Whether personal state persists (None where not applicable).
+    overrides: `TrainConfig` fields of this cell.
+  """
+
+  name: str
+  group: str
+  method: str
+  partition: str
+  stateful: Optional[bool]
+  overrides: dict
+
+
+def paper_cells(*, partitions: Sequence[str] = tuple(PARTITIONS),
+                finetune_epochs: int = 1) -> list[Cell]:
+  """The grid: full-personalization baselines, then partition x algorithm x state."""
+  unknown = sorted(set(partitions) - set(PARTITIONS))
+  if unknown:
+    raise ValueError(f'unknown grid partitions {unknown}; choose from {list(PARTITIONS)}')
+  cells = [
+      Cell('finetune', 'full', 'Local finetuning', 'full', None,
+           dict(algorithm='fedavg', personalization='none', total_rounds=0,
+                finetune_epochs=finetune_epochs, finetune_personalization='full')),
+      Cell('ditto', 'full', 'Ditto', 'full', True, dict(algorithm='ditto', personalization='none')),
+      Cell('pfedme', 'full', 'pFedMe', 'full', True,
+           dict(algorithm='pfedme', personalization='none')),
+  ]
+  for part in partitions:
+    personalization, adapter_size = PARTITIONS[part]
+    for algorithm in ('fedalt', 'fedsim'):
+      for stateful in (True, False):
+        cells.append(Cell(
+            f"{algorithm}_{part}_{'stateful' if stateful else 'stateless'}", 'partial',
+            {'fedalt': 'FedAlt', 'fedsim': 'FedSim'}[algorithm], part, stateful,
+            dict(algorithm=algorithm, personalization=personalization,
+                 adapter_size=adapter_size, stateless=not stateful)))
+  return cells
+
+
+def select(cells: Sequence[Cell], patterns: Sequence[str]) -> list[Cell]:
+  """Cells whose name matches any glob pattern (all if none given)."""
+  if not patterns:
+    return list(cells)
+  chosen = [c for c in cells if any(fnmatch.fnmatch(c.name, p) for p in patterns)]
+  if not chosen:
+    raise ValueError(f'--cells={",".join(patterns)} matches no cell; cells are '
+                     f'{[c.name for c in cells]}')
+  return chosen
+
+
+def _summary_path(config: train_lib.TrainConfig) -> str:
+  return os.path.join(config.run_dir, 'report', 'summary.json')
+
+
+def train_baseline(common: dict, *, pretrain_rounds: int, rounds: int, log=print) -> None:
+  """FedAvg pretraining, then the non-personalized FedAvg model (`rounds` more).
+
+  Holds a file lock so that several grid shards started together train them
+  once; the others wait, then find them complete.
+  """
+  out = common['root_output_dir']
+  os.makedirs(out, exist_ok=True)
+  with open(os.path.join(out, '.baseline.lock'), 'w') as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    for name, kwargs in (
+        (PRETRAIN, dict(total_rounds=pretrain_rounds)),
+        (BASELINE, dict(total_rounds=rounds, init_from=os.path.join(out, PRETRAIN)))):
+      config = train_lib.TrainConfig(experiment_name=name, **{
+          **common, 'algorithm': 'fedavg', 'personalization': 'none', **kwargs})
+      log(f'== {name}: FedAvg, {config.total_rounds} rounds x {config.clients_per_round} '
+          'clients (resumes; nothing to do if complete)')
+      train_lib.train(config)
+
+
+def cell_config(cell: Cell, common: dict, rounds: int) -> train_lib.TrainConfig:
+  out = common['root_output_dir']
+  return train_lib.TrainConfig(experiment_name=cell.name, **{
+      **common, 'total_rounds': rounds, 'init_from': os.path.join(out, PRETRAIN),
+      'baseline_model': os.path.join(out, BASELINE), **cell.overrides})
+
+
+def run_cell(cell: Cell, config: train_lib.TrainConfig, log=print) -> dict:
+  """Runs one cell unless its report exists; returns its summary."""
+  path = _summary_path(config)
+  if os.path.exists(path):
+    with open(path) as f:
+      return json.load(f)
+  log(f'== {cell.name}: {config.algorithm}, personalization={config.personalization}'
+      f"{f' (adapter {config.adapter_size})' if config.adapter_size else ''}, "
+      f"{'stateless' if config.stateless else 'stateful'}, {config.total_rounds} rounds")
+  result = train_lib.train(config)
+  log(f"   {result['personal_parameters']:,} personal parameters; "
+      f"{result['rounds_run']} rounds in {result['seconds']:.0f} s; personalized mean "
+      f"{result['summary']['personalized_mean']:.2%} vs {result['summary']['baseline_mean']:.2%}")
+  return result['summary']
+
+
+_COLUMNS = ['personalized_mean', 'personalized_std', 'personalized_p10', 'personalized_p25',
+            'personalized_p50', 'personalized_p75', 'personalized_p90', 'helped_fraction',
+            'hurt_fraction', 'gated_personalized_mean', 'gated_personalized_p10',
+            'gated_hurt_fraction', 'gated_personalized_fraction']
+
+
+def results_table(cells: Sequence[Cell], summaries: dict[str, dict]) -> pd.DataFrame:
+  """One row per finished cell plus the non-personalized row (from any cell's baseline)."""
+  rows = []
+  if summaries:
+    s = next(iter(summaries.values()))
+    base = {'group': 'none', 'method': 'Non-personalized (FedAvg)', 'partition': 'none',
+            'state': '', 'personal_parameters': 0, 'clients': s['clients']}
+    for key in ('mean', 'std', 'p10', 'p25', 'p50', 'p75', 'p90'):
+      base[f'personalized_{key}'] = s[f'baseline_{key}']
+    rows.append(base)
+  for cell in cells:
+    s = summaries.get(cell.name)
+    if s is None:
+      continue
+    row = {'group': cell.group, 'method': cell.method, 'partition': cell.partition,
+           'state': '' if cell.stateful is None else ('stateful' if cell.stateful else 'stateless'),
+           'personal_parameters': s.get('personal_parameters'), 'clients': s['clients']}
+    row.update({c: s.get(c) for c in _COLUMNS})
+    rows.append(row)
+  return pd.DataFrame(rows)
+
+
+def markdown_table(table: pd.DataFrame) -> str:
+  """The paper-style table: mean and 10th percentile, plus hurt and gating."""
+  def pct(x, digits=2):
+    return '' if pd.isna(x) else f'{x:.{digits}%}'
+
+  lines = ['| group | method | personal part | state | personal params | mean | p10 | '
+           'hurt | gated mean | gated p10 | gated hurt |', '|' + '---|' * 11]
+  for _, r in table.iterrows():
+    lines.append(
+        f"| {r.group} | {r.method} | {r.partition} | {r.state} | "
+        f"{int(r.personal_parameters):,} | {pct(r.personalized_mean)} | "
+        f"{pct(r.personalized_p10)} | {pct(r.get('hurt_fraction'), 1)} | "
+        f"{pct(r.get('gated_personalized_mean'))} | {pct(r.get('gated_personalized_p10'))} | "
+        f"{pct(r.get('gated_hurt_fraction'), 1)} |")
+  return '\n'.join(lines)
+
+
+def per_client_frames(cells: Sequence[Cell], common: dict) -> dict[str, pd.DataFrame]:
+  frames = {}
+  for cell in cells:
+    path = os.path.join(common['root_output_dir'], cell.name, 'report', 'per_client.csv')
+    if os.path.exists(path):
+      frames[cell.name] = pd.read_csv(path, index_col=0)
+  return frames
+
