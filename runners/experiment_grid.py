@@ -41,7 +41,10 @@ _MAX_EXAMPLES = flags.DEFINE_integer('max_examples_per_client', 128,
                                      'Examples a client uses per round.')
 _FINETUNE_EPOCHS = flags.DEFINE_integer('finetune_epochs', 1,
                                         'Epochs of the local finetuning baseline.')
-_PROX = flags.DEFINE_float('prox_strength', 0.1, 'lambda of Ditto and pFedMe.')
+_DITTO_LAMBDA = flags.DEFINE_float('ditto_lambda', 0.1, 'Ditto\'s pull of v_i toward u.')
+_PFEDME_LAMBDA = flags.DEFINE_float(
+    'pfedme_lambda', 1.0, 'pFedMe\'s lambda; the local model moves by '
+    'client_learning_rate * lambda of its gap to theta per batch.')
 _REPORT_CLIENTS = flags.DEFINE_integer('report_clients', 0,
                                        'Clients in each report (0: all with train and test).')
 _PARTITIONS = flags.DEFINE_list('partitions', list(grid_lib.PARTITIONS), 'Grid partitions.')
@@ -73,10 +76,11 @@ def _run():
       root_output_dir=out, cache_dir=data_dir, model_size=_MODEL_SIZE.value,
       client_learning_rate=_CLIENT_LR.value, personal_learning_rate=_PERSONAL_LR.value,
       clients_per_round=_CLIENTS_PER_ROUND.value, max_examples_per_client=_MAX_EXAMPLES.value,
-      prox_strength=_PROX.value, report_clients=_REPORT_CLIENTS.value, seed=_SEED.value,
+      report_clients=_REPORT_CLIENTS.value, seed=_SEED.value,
       rounds_per_checkpoint=5, progress=_PROGRESS.value)
-  all_cells = grid_lib.paper_cells(partitions=_PARTITIONS.value,
-                                   finetune_epochs=_FINETUNE_EPOCHS.value)
+  all_cells = grid_lib.paper_cells(
+      partitions=_PARTITIONS.value, finetune_epochs=_FINETUNE_EPOCHS.value,
+      ditto_lambda=_DITTO_LAMBDA.value, pfedme_lambda=_PFEDME_LAMBDA.value)
   cells = grid_lib.select(all_cells, _CELLS.value)[_SHARD_INDEX.value::_NUM_SHARDS.value]
   summaries = {}
   with flags_lib.tff_runtime():

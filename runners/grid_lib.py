@@ -56,8 +56,8 @@ class Cell:
   overrides: dict
 
 
-def paper_cells(*, partitions: Sequence[str] = tuple(PARTITIONS),
-                finetune_epochs: int = 1) -> list[Cell]:
+def paper_cells(*, partitions: Sequence[str] = tuple(PARTITIONS), finetune_epochs: int = 1,
+                ditto_lambda: float = 0.1, pfedme_lambda: float = 1.0) -> list[Cell]:
   """The grid: full-personalization baselines, then partition x algorithm x state."""
   unknown = sorted(set(partitions) - set(PARTITIONS))
   if unknown:
@@ -66,9 +66,10 @@ def paper_cells(*, partitions: Sequence[str] = tuple(PARTITIONS),
       Cell('finetune', 'full', 'Local finetuning', 'full', None,
            dict(algorithm='fedavg', personalization='none', total_rounds=0,
                 finetune_epochs=finetune_epochs, finetune_personalization='full')),
-      Cell('ditto', 'full', 'Ditto', 'full', True, dict(algorithm='ditto', personalization='none')),
+      Cell('ditto', 'full', 'Ditto', 'full', True,
+           dict(algorithm='ditto', personalization='none', prox_strength=ditto_lambda)),
       Cell('pfedme', 'full', 'pFedMe', 'full', True,
-           dict(algorithm='pfedme', personalization='none')),
+           dict(algorithm='pfedme', personalization='none', prox_strength=pfedme_lambda)),
   ]
   for part in partitions:
     personalization, adapter_size = PARTITIONS[part]
