@@ -136,7 +136,7 @@ def choose_by_heldout(heldout_personalized: pd.DataFrame, heldout_baseline: pd.D
   """
   pers = heldout_personalized[metric]
   base = heldout_baseline[metric].reindex(pers.index)
-  return ((pers - base) > margin).fillna(False).rename('use_personalized')
+  return ((pers - base) > margin).rename('use_personalized')
 
 
 def gated_results(use_personalized: pd.Series, personalized: pd.DataFrame,
@@ -144,7 +144,7 @@ def gated_results(use_personalized: pd.Series, personalized: pd.DataFrame,
   """Test results of the per-client choice: rows of `personalized` where
   `use_personalized`, else of `baseline` (clients missing from the choice get
   the baseline)."""
-  choice = use_personalized.reindex(personalized.index).fillna(False).astype(bool)
+  choice = use_personalized.reindex(personalized.index, fill_value=False).astype(bool)
   gated = baseline.reindex(personalized.index).copy()
   gated[choice] = personalized[choice]
   return gated

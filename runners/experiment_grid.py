@@ -15,13 +15,11 @@ Resumable: run it again and finished cells are skipped. `--num_shards` and
 under a file lock); run a last time without `--cells` to write the full table.
 """
 
-import json
 import os
 
 from absl import app
 from absl import flags
 
-from partial_personalization import plots
 from runners import flags_lib
 from runners import grid_lib
 from runners import paths
@@ -82,31 +80,15 @@ def _run():
       partitions=_PARTITIONS.value, finetune_epochs=_FINETUNE_EPOCHS.value,
       ditto_lambda=_DITTO_LAMBDA.value, pfedme_lambda=_PFEDME_LAMBDA.value)
   cells = grid_lib.select(all_cells, _CELLS.value)[_SHARD_INDEX.value::_NUM_SHARDS.value]
-  summaries = {}
   with flags_lib.tff_runtime():
     grid_lib.train_baseline(common, pretrain_rounds=_PRETRAIN_ROUNDS.value,
                             rounds=_ROUNDS.value)
     for i, cell in enumerate(cells, 1):
       print(f'[{i}/{len(cells)}]', end=' ')
-      summaries[cell.name] = grid_lib.run_cell(
+      grid_lib.run_cell(
           cell, grid_lib.cell_config(cell, common, _ROUNDS.value))
-  # The table covers every finished cell on disk, also those of other shards.
-  for cell in all_cells:
-    path = os.path.join(out, cell.name, 'report', 'summary.json')
-    if cell.name not in summaries and os.path.exists(path):
-      with open(path) as f:
-        summaries[cell.name] = json.load(f)
-  table = grid_lib.results_table(all_cells, summaries)
-  table.to_csv(os.path.join(out, 'table.csv'), index=False)
-  markdown = grid_lib.markdown_table(table)
-  with open(os.path.join(out, 'table.md'), 'w') as f:
-    f.write(markdown + '\n')
-  frames = grid_lib.per_client_frames(all_cells, common)
-  if frames:
-    plots.plot_delta_vs_train_size(frames, os.path.join(out, 'delta_vs_train_size.png'))
-    plots.plot_delta_histograms(frames, os.path.join(out, 'delta_histograms.png'))
-    plots.plot_accuracy_vs_parameters(table, os.path.join(out, 'accuracy_vs_parameters.png'))
-  missing = [c.name for c in all_cells if c.name not in summaries]
+  table, markdown = grid_lib.write_outputs(all_cells, common, _ROUNDS.value)
+  missing = [c.name for c in all_cells if c.name not in set(table.cell)]
   print('\nPer-client test accuracy weighted by test tokens; hurt = clients below the '
         'non-personalized model; gated = per-client choice from heldout data.\n')
   print(markdown)

@@ -21,6 +21,7 @@ from typing import Optional, Sequence
 
 import pandas as pd
 
+from partial_personalization import plots
 from runners import train_lib
 
 PRETRAIN, BASELINE = 'fedavg_pretrain', 'fedavg'
@@ -152,7 +153,7 @@ def results_table(cells: Sequence[Cell], summaries: dict[str, dict]) -> pd.DataF
   rows = []
   if summaries:
     s = next(iter(summaries.values()))
-    base = {'group': 'none', 'method': 'Non-personalized (FedAvg)', 'partition': 'none',
+    base = {'cell': BASELINE, 'group': 'none', 'method': 'Non-personalized (FedAvg)', 'partition': 'none',
             'state': '', 'personal_parameters': 0, 'clients': s['clients']}
     for key in ('mean', 'std', 'p10', 'p25', 'p50', 'p75', 'p90'):
       base[f'personalized_{key}'] = s[f'baseline_{key}']
@@ -161,7 +162,7 @@ def results_table(cells: Sequence[Cell], summaries: dict[str, dict]) -> pd.DataF
     s = summaries.get(cell.name)
     if s is None:
       continue
-    row = {'group': cell.group, 'method': cell.method, 'partition': cell.partition,
+    row = {'cell': cell.name, 'group': cell.group, 'method': cell.method, 'partition': cell.partition,
            'state': '' if cell.stateful is None else ('stateful' if cell.stateful else 'stateless'),
            'personal_parameters': s.get('personal_parameters'), 'clients': s['clients']}
     row.update({c: s.get(c) for c in _COLUMNS})
@@ -186,11 +187,31 @@ def markdown_table(table: pd.DataFrame) -> str:
   return '\n'.join(lines)
 
 
-def per_client_frames(cells: Sequence[Cell], common: dict) -> dict[str, pd.DataFrame]:
-  frames = {}
+def write_outputs(cells: Sequence[Cell], common: dict, rounds: int) -> tuple[pd.DataFrame, str]:
+  """Table (CSV, Markdown) and figures (PNG) of every finished cell.
+
+  Reads what is on disk under `common['root_output_dir']`, so cells finished
+  by other shards or earlier runs are included. Returns (table, markdown).
+  """
+  out = common['root_output_dir']
+  summaries, frames = {}, {}
   for cell in cells:
-    path = os.path.join(common['root_output_dir'], cell.name, 'report', 'per_client.csv')
-    if os.path.exists(path):
-      frames[cell.name] = pd.read_csv(path, index_col=0)
-  return frames
+    report = os.path.join(out, cell.name, 'report')
+    if os.path.exists(os.path.join(report, 'summary.json')):
+      with open(os.path.join(report, 'summary.json')) as f:
+        summaries[cell.name] = json.load(f)
+      if summaries[cell.name].get('personal_parameters') is None:  # reports before it was stored
+        summaries[cell.name]['personal_parameters'] = train_lib.parameter_counts(
+            cell_config(cell, common, rounds))[1]
+      frames[cell.name] = pd.read_csv(os.path.join(report, 'per_client.csv'), index_col=0)
+  table = results_table(cells, summaries)
+  table.to_csv(os.path.join(out, 'table.csv'), index=False)
+  markdown = markdown_table(table)
+  with open(os.path.join(out, 'table.md'), 'w') as f:
+    f.write(markdown + '\n')
+  if frames:
+    plots.plot_delta_vs_train_size(frames, os.path.join(out, 'delta_vs_train_size.png'))
+    plots.plot_delta_histograms(frames, os.path.join(out, 'delta_histograms.png'))
+    plots.plot_accuracy_vs_parameters(table, os.path.join(out, 'accuracy_vs_parameters.png'))
+  return table, markdown
 

@@ -214,6 +214,22 @@ def is_full_personalization(config) -> bool:
   return config.algorithm in personalized_process.FULL_ALGORITHMS
 
 
+def parameter_counts(config, task=None) -> tuple[int, int]:
+  """(shared, personal) parameters per client of a run.
+
+  Full personalization keeps a whole personal model; the local finetuning
+  baseline counts the part it finetunes.
+  """
+  task = task or create_task(config)
+  shared_n, personal_n = task.partition.num_parameters()
+  if is_full_personalization(config):
+    personal_n = shared_n
+  elif config.algorithm == 'fedavg' and config.finetune_epochs:
+    personal_n = create_task(
+        config, config.finetune_personalization or 'full').partition.num_parameters()[1]
+  return shared_n, personal_n
+
+
 def evaluation_clients(task) -> list[str]:
   """Clients with both train and test data, the population of the report."""
   return sorted(set(task.train_data.client_ids) & set(task.test_data.client_ids))
@@ -241,12 +257,7 @@ def train(config: TrainConfig) -> dict:
   store = client_state.ClientStateStore(
       os.path.join(config.run_dir, 'client_state.sqlite'), initial_personal)
   runner = _build_runner(config, task, named_init, store)
-  shared_n, personal_n = task.partition.num_parameters()
-  if is_full_personalization(config):
-    personal_n = shared_n
-  elif config.algorithm == 'fedavg' and config.finetune_epochs:
-    personal_n = create_task(
-        config, config.finetune_personalization or 'full').partition.num_parameters()[1]
+  shared_n, personal_n = parameter_counts(config, task)
   logging.info('%s/%s: %d shared and %d personal parameters',
                config.algorithm, config.personalization, shared_n, personal_n)
 
@@ -288,8 +299,8 @@ def train(config: TrainConfig) -> dict:
   partition_lib.save_named_weights(os.path.join(config.run_dir, 'model.npz'), final_named)
   summary = None
   if config.report and (config.algorithm != 'fedavg' or config.finetune_epochs):
-    summary = write_report(config, task, evaluate, final_named, store, named_init)
-    summary['personal_parameters'] = personal_n
+    summary = write_report(config, task, evaluate, final_named, store, named_init,
+                           personal_parameters=personal_n)
   store.close()
   return {'run_dir': config.run_dir, 'summary': summary,
           'rounds_run': result.rounds_run, 'seconds': result.seconds,
@@ -387,7 +398,8 @@ def _baseline_results(config, task, baseline_named, ids, datasets, bar) -> dict:
   return results
 
 
-def write_report(config, task, evaluate, final_named, store, start_weights) -> dict:
+def write_report(config, task, evaluate, final_named, store, start_weights, *,
+                 personal_parameters: Optional[int] = None) -> dict:
   """Per-client test accuracy, personalized vs the non-personalized model.
 
   The baseline is `--baseline_model` (e.g. FedAvg trained as long), else
@@ -426,14 +438,18 @@ def write_report(config, task, evaluate, final_named, store, start_weights) -> d
   summary.update({f'gated_{k}': v for k, v in gated_summary.items()
                   if k.startswith(('personalized_', 'helped', 'hurt', 'unchanged'))})
   summary['gated_personalized_fraction'] = float(
-      use_personalized.reindex(per_client.index).fillna(False).mean())
-  per_client['use_personalized'] = use_personalized.reindex(per_client.index).fillna(False)
+      use_personalized.reindex(per_client.index, fill_value=False).mean())
+  # The inputs of the choice are kept, so anyone can check it saw no test data.
+  per_client['heldout_personalized'] = pers_heldout[metric].reindex(per_client.index)
+  per_client['heldout_baseline'] = base_heldout[metric].reindex(per_client.index)
+  per_client['use_personalized'] = use_personalized.reindex(per_client.index, fill_value=False)
   per_client['gated'] = gated[metric].reindex(per_client.index)
   per_client['train_examples'] = _train_sizes(task, list(per_client.index))
   committed = store.committed_round
   per_client['participations'] = store.participations(list(per_client.index), committed + 1)
   per_client['participated'] = per_client.participations > 0
   summary['clients_participated'] = int(per_client.participated.sum())
+  summary['personal_parameters'] = personal_parameters
   report_dir = os.path.join(config.run_dir, 'report')
   os.makedirs(report_dir, exist_ok=True)
   per_client.to_csv(os.path.join(report_dir, 'per_client.csv'))

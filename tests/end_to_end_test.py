@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from partial_personalization import training_loop
+from runners import grid_lib
 from runners import train_lib
 from tasks.stackoverflow import convert_lib
 import conftest
@@ -75,6 +76,46 @@ def test_fedavg_then_personalization(cache_dir, tmp_path):
     assert list(by.participations) == ['3+'] and by.clients.sum() == CLIENTS
     with open(os.path.join(result['run_dir'], 'flags.json')) as f:
       assert json.load(f)['algorithm'] == algorithm
+
+
+def test_grid_cells_table_and_gating(cache_dir, tmp_path):
+  """A slice of the paper's grid: every kind of cell, its table and figures."""
+  out = str(tmp_path)
+  common = dict(root_output_dir=out, cache_dir=cache_dir, vocab_size=1000,
+                client_learning_rate=0.5, personal_learning_rate=0.1,
+                max_examples_per_client=64, clients_per_round=4, progress=False, seed=1)
+  grid_lib.train_baseline(common, pretrain_rounds=3, rounds=2, log=lambda _: None)
+  cells = grid_lib.select(grid_lib.paper_cells(partitions=['decoder', 'adapter16']), [
+      'finetune', 'ditto', 'pfedme', 'fedalt_decoder_stateless', 'fedsim_adapter16_stateful'])
+  for cell in cells:
+    grid_lib.run_cell(cell, grid_lib.cell_config(cell, common, 2), log=lambda _: None)
+  table, markdown = grid_lib.write_outputs(cells, common, 2)
+  assert list(table.cell) == ['fedavg'] + [c.name for c in cells]
+  assert markdown.count('\n') == len(cells) + 2
+  for name in ('table.csv', 'delta_vs_train_size.png', 'delta_histograms.png',
+               'accuracy_vs_parameters.png'):
+    assert os.path.getsize(os.path.join(out, name)) > 0
+  params = dict(zip(table.cell, table.personal_parameters))
+  assert params['finetune'] == params['ditto'] == params['pfedme'] > params[
+      'fedalt_decoder_stateless'] > params['fedsim_adapter16_stateful'] > 0
+  baselines = []
+  for cell in cells:
+    df = pd.read_csv(os.path.join(out, cell.name, 'report', 'per_client.csv'), index_col=0)
+    baselines.append(df.baseline.sort_index())
+    # The gate saw heldout results only: it is exactly "heldout personalized > heldout baseline".
+    assert (df.use_personalized == (df.heldout_personalized > df.heldout_baseline)).all()
+    assert df.gated.tolist() == pytest.approx(
+        df.personalized.where(df.use_personalized, df.baseline).tolist())
+  # Every cell compares with the same FedAvg model on the same clients (the
+  # untied-decoder cell evaluates it through the untied model).
+  for other in baselines[1:]:
+    assert other.tolist() == pytest.approx(baselines[0].tolist(), abs=1e-6)
+  stateless = pd.read_csv(os.path.join(out, 'fedalt_decoder_stateless', 'report', 'per_client.csv'))
+  assert (stateless.participations == 0).all()  # nothing persisted between rounds
+  # Finished cells are skipped: a second pass trains nothing.
+  before = os.path.getmtime(os.path.join(out, 'ditto', 'report', 'summary.json'))
+  grid_lib.run_cell(cells[1], grid_lib.cell_config(cells[1], common, 2), log=lambda _: None)
+  assert os.path.getmtime(os.path.join(out, 'ditto', 'report', 'summary.json')) == before
 
 
 def test_resuming_with_other_flags_is_refused(cache_dir, tmp_path):

@@ -52,5 +52,25 @@ def test_breakdown_by_participations():
   assert by.loc['3+', 'baseline_mean'] == pytest.approx((0.4 + 1.8) / 4)
 
 
+def test_weighted_summary_percentiles_and_std():
+  values = np.arange(1.0, 11.0)  # equal weights: quantiles are order statistics
+  s = evaluation.weighted_summary(values, np.ones(10))
+  assert s['mean'] == pytest.approx(5.5) and s['std'] == pytest.approx(np.std(values))
+  assert [s[f'p{p}'] for p in evaluation.PERCENTILES] == [1.0, 3.0, 5.0, 8.0, 9.0]
+
+
+def test_gating_decides_from_heldout_only():
+  # Heldout favours personalization for c0 only; test data says the opposite.
+  heldout_pers, heldout_base = _frame([0.6, 0.1, 0.3], [5, 5, 5]), _frame([0.5, 0.2, 0.3], [5, 5, 5])
+  test_pers, test_base = _frame([0.1, 0.9, 0.9], [9, 9, 9]), _frame([0.2, 0.3, 0.3], [9, 9, 9])
+  choice = evaluation.choose_by_heldout(heldout_pers, heldout_base, 'accuracy')
+  assert choice.tolist() == [True, False, False]  # ties keep the shared model
+  gated = evaluation.gated_results(choice, test_pers, test_base)
+  assert gated.accuracy.tolist() == [0.1, 0.3, 0.3]
+  # A client without heldout data keeps the shared model.
+  partial = evaluation.choose_by_heldout(heldout_pers.iloc[:1], heldout_base, 'accuracy')
+  assert evaluation.gated_results(partial, test_pers, test_base).accuracy.tolist() == [0.1, 0.3, 0.3]
+
+
 if __name__ == '__main__':
   sys.exit(pytest.main([__file__, '-q']))
