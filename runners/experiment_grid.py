@@ -23,7 +23,6 @@ from absl import flags
 from runners import flags_lib
 from runners import grid_lib
 from runners import paths
-from tasks.stackoverflow import convert_lib
 
 _DUMP_DIRS = flags.DEFINE_list('dump_dirs', ['../shared/data/stackexchange'],
                                'Stack Exchange site folders, or folders of them.')
@@ -53,23 +52,12 @@ _SEED = flags.DEFINE_integer('seed', 0, 'Seed.')
 _PROGRESS = flags.DEFINE_bool('progress', True, 'Show progress bars.')
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  flags_lib.quiet_logs()
-  flags_lib.exit_on_user_error(_run)
-
-
 def _run():
   if not 0 <= _SHARD_INDEX.value < _NUM_SHARDS.value:
     raise ValueError('need 0 <= --shard_index < --num_shards')
   out = paths.resolve_path(_OUTPUT_DIR.value)
   data_dir = os.path.join(out, 'data')
-  if not os.path.exists(os.path.join(data_dir, convert_lib.DATABASE_FILENAME)):
-    print('== converting the Stack Exchange dumps')
-    stats = convert_lib.convert([paths.resolve_path(d) for d in _DUMP_DIRS.value],
-                                data_dir, min_examples=_MIN_EXAMPLES.value)
-    print(stats.summary())
+  flags_lib.convert_if_missing(_DUMP_DIRS.value, data_dir, _MIN_EXAMPLES.value)
   common = dict(
       root_output_dir=out, cache_dir=data_dir, model_size=_MODEL_SIZE.value,
       client_learning_rate=_CLIENT_LR.value, personal_learning_rate=_PERSONAL_LR.value,
@@ -98,4 +86,4 @@ def _run():
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(flags_lib.job_main(_run))

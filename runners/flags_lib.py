@@ -2,8 +2,10 @@
 
 import contextlib
 import dataclasses
+import os
 import sys
 
+from absl import app
 from absl import flags
 from absl import logging
 
@@ -12,6 +14,7 @@ from partial_personalization import runtime
 from partial_personalization import training_loop
 from runners import paths
 from runners import train_lib
+from tasks.stackoverflow import convert_lib
 
 FLAGS = flags.FLAGS
 
@@ -104,6 +107,29 @@ def exit_on_user_error(fn, *args, **kwargs):
   except USER_ERRORS as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
+
+
+def job_main(run_fn):
+  """An absl `main` for jobs without positional arguments: quiet logs, then
+  `run_fn()` with user errors reported in one line."""
+
+  def main(argv):
+    if len(argv) > 1:
+      raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+    quiet_logs()
+    exit_on_user_error(run_fn)
+
+  return main
+
+
+def convert_if_missing(dump_dirs, data_dir: str, min_examples: int) -> None:
+  """Converts the Stack Exchange dumps into `data_dir` unless already there."""
+  if os.path.exists(os.path.join(data_dir, convert_lib.DATABASE_FILENAME)):
+    return
+  print('== converting the Stack Exchange dumps')
+  stats = convert_lib.convert([paths.resolve_path(d) for d in dump_dirs],
+                              data_dir, min_examples=min_examples)
+  print(stats.summary())
 
 
 def quiet_logs():

@@ -22,7 +22,6 @@ from partial_personalization import plots
 from runners import flags_lib
 from runners import paths
 from runners import train_lib
-from tasks.stackoverflow import convert_lib
 
 _DUMP_DIRS = flags.DEFINE_list('dump_dirs', ['../shared/data/stackexchange'],
                                'Stack Exchange site folders, or folders of them.')
@@ -54,21 +53,10 @@ def _config(name, **kwargs) -> train_lib.TrainConfig:
   return train_lib.TrainConfig(experiment_name=name, **common)
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  flags_lib.quiet_logs()
-  flags_lib.exit_on_user_error(_run)
-
-
 def _run():
   out = paths.resolve_path(_OUTPUT_DIR.value)
   data_dir = os.path.join(out, 'data')
-  if not os.path.exists(os.path.join(data_dir, convert_lib.DATABASE_FILENAME)):
-    print('== converting the Stack Exchange dumps')
-    stats = convert_lib.convert([paths.resolve_path(d) for d in _DUMP_DIRS.value],
-                                data_dir, min_examples=_MIN_EXAMPLES.value)
-    print(stats.summary())
+  flags_lib.convert_if_missing(_DUMP_DIRS.value, data_dir, _MIN_EXAMPLES.value)
   pretrain = os.path.join(out, 'fedavg_pretrain')
   runs = {
       'fedavg_pretrain': _config('fedavg_pretrain', algorithm='fedavg', personalization='none',
@@ -108,4 +96,4 @@ def _run():
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(flags_lib.job_main(_run))
