@@ -20,6 +20,7 @@ import os
 from absl import app
 from absl import flags
 
+from partial_personalization import runtime
 from runners import flags_lib
 from runners import grid_lib
 from runners import paths
@@ -72,6 +73,7 @@ def _run():
     grid_lib.train_baseline(common, pretrain_rounds=_PRETRAIN_ROUNDS.value,
                             rounds=_ROUNDS.value)
     for i, cell in enumerate(cells, 1):
+      runtime.restart_tff_runtime()  # bounded memory over many cells
       print(f'[{i}/{len(cells)}]', end=' ')
       grid_lib.run_cell(
           cell, grid_lib.cell_config(cell, common, _ROUNDS.value))

@@ -3,6 +3,7 @@
 import contextlib
 import dataclasses
 import os
+import signal
 import sys
 
 from absl import app
@@ -142,9 +143,16 @@ def quiet_logs():
 def tff_runtime():
   """Runs the body with TFF's local runtime and shuts its worker down after.
 
-  Also on errors and Ctrl-C, so no worker process is left behind.
+  Also on errors, Ctrl-C and SIGTERM (turned into KeyboardInterrupt here), so
+  no worker process is left behind.
   """
+  def on_sigterm(signum, frame):
+    del signum, frame
+    raise KeyboardInterrupt('SIGTERM')
+
+  previous = signal.signal(signal.SIGTERM, on_sigterm)
   try:
     yield
   finally:
     runtime.shutdown_tff_runtime()
+    signal.signal(signal.SIGTERM, previous)
