@@ -151,6 +151,11 @@ def tff_runtime():
     raise KeyboardInterrupt('SIGTERM')
 
   previous = signal.signal(signal.SIGTERM, on_sigterm)
+  # A job started in the background by a script inherits SIGINT ignored; TFF's
+  # worker would inherit that too, and TFF stops it with SIGINT and waits, so
+  # every runtime restart or shutdown would hang. Restore the default first.
+  if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
   try:
     yield
   finally:
