@@ -9,7 +9,6 @@ alive lets the old context stop its worker.
 
 import gc
 
-import tensorflow as tf
 import tensorflow_federated as tff
 # No public class raises on use; this is the context TFF itself installs when
 # no runtime is available.
@@ -22,16 +21,3 @@ def shutdown_tff_runtime() -> None:
   tff.framework.set_default_context(runtime_error_context.RuntimeErrorContext())
   gc.collect()
 
-
-def restart_tff_runtime() -> None:
-  """A fresh local runtime: stops the worker (and the memory its cached
-  computations hold), drops Keras' global graph state, starts a new worker.
-
-  Long jobs that build many processes in one interpreter (the experiment
-  grid) call it between runs; without it the worker and the interpreter grow
-  by gigabytes per run.
-  """
-  shutdown_tff_runtime()
-  tf.keras.backend.clear_session()
-  gc.collect()
-  tff.backends.native.set_sync_local_cpp_execution_context()

@@ -20,7 +20,6 @@ import os
 from absl import app
 from absl import flags
 
-from partial_personalization import runtime
 from runners import flags_lib
 from runners import grid_lib
 from runners import paths
@@ -72,11 +71,9 @@ def _run():
   with flags_lib.tff_runtime():
     grid_lib.train_baseline(common, pretrain_rounds=_PRETRAIN_ROUNDS.value,
                             rounds=_ROUNDS.value)
-    for i, cell in enumerate(cells, 1):
-      runtime.restart_tff_runtime()  # bounded memory over many cells
-      print(f'[{i}/{len(cells)}]', end=' ')
-      grid_lib.run_cell(
-          cell, grid_lib.cell_config(cell, common, _ROUNDS.value))
+  for i, cell in enumerate(cells, 1):
+    print(f'[{i}/{len(cells)}] {cell.name}', flush=True)
+    grid_lib.run_cell_in_subprocess(cell, grid_lib.cell_config(cell, common, _ROUNDS.value))
   table, markdown = grid_lib.write_outputs(all_cells, common, _ROUNDS.value)
   missing = [c.name for c in all_cells if c.name not in set(table.cell)]
   print('\nPer-client test accuracy weighted by test tokens; hurt = clients below the '

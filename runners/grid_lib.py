@@ -16,6 +16,7 @@ import dataclasses
 import fcntl
 import fnmatch
 import json
+import multiprocessing
 import os
 from typing import Optional, Sequence
 
@@ -140,6 +141,38 @@ def run_cell(cell: Cell, config: train_lib.TrainConfig, log=print) -> dict:
       f"{result['rounds_run']} rounds in {result['seconds']:.0f} s; personalized mean "
       f"{result['summary']['personalized_mean']:.2%} vs {result['summary']['baseline_mean']:.2%}")
   return result['summary']
+
+
+def _run_cell_child(cell: Cell, config: train_lib.TrainConfig) -> None:
+  from partial_personalization import runtime  # pylint: disable=g-import-not-at-top
+  try:
+    run_cell(cell, config)
+  finally:
+    runtime.shutdown_tff_runtime()
+
+
+def run_cell_in_subprocess(cell: Cell, config: train_lib.TrainConfig) -> dict:
+  """`run_cell` in a fresh interpreter, so memory does not grow cell by cell.
+
+  TFF's local worker keeps every computation it has seen (and replacing the
+  execution context does not free it), about 1 GB per cell here; a process
+  per cell bounds the grid's memory at one cell's.
+
+  Raises:
+    RuntimeError: the cell's process failed (its error is in the log above);
+      running the grid again resumes the cell.
+  """
+  if os.path.exists(_summary_path(config)):
+    return run_cell(cell, config)  # done: no process needed
+  process = multiprocessing.get_context('spawn').Process(
+      target=_run_cell_child, args=(cell, config))
+  process.start()
+  process.join()
+  if process.exitcode != 0:
+    raise RuntimeError(f'cell {cell.name} failed (exit code {process.exitcode}); see its '
+                       'error above. Run the grid again to resume it.')
+  with open(_summary_path(config)) as f:
+    return json.load(f)
 
 
 _COLUMNS = ['personalized_mean', 'personalized_std', 'personalized_p10', 'personalized_p25',
