@@ -8,9 +8,8 @@ standard deviation and 10/25/50/75/90th percentiles of per-client accuracy, and
 the fractions of clients helped (personalized > baseline), hurt (<) and
 unchanged.
 
-Beyond the paper: `choose_by_heldout` picks, per client, the personalized or
-the non-personalized model from the client's own heldout split only, and
-`gated_results` applies that choice to test results.
+Beyond the paper: `gate_by_heldout` picks, per client, the personalized or the
+non-personalized model from the client's own heldout split only.
 """
 
 from typing import Callable, Optional, Sequence
@@ -119,35 +118,38 @@ def weighted_summary(values, weights, prefix='') -> dict:
   return out
 
 
-def choose_by_heldout(heldout_personalized: pd.DataFrame, heldout_baseline: pd.DataFrame,
-                      metric: str, *, margin: float = 0.0) -> pd.Series:
-  """Per client: use the personalized model? Decided from heldout data only.
+def gate_by_heldout(per_client: pd.DataFrame, *, margin: float = 1e-6
+                    ) -> tuple[pd.Series, dict]:
+  """Per client, the personalized or the shared model, chosen on heldout data only.
 
-  True where the personalized model's heldout `metric` beats the
-  non-personalized one by more than `margin`; False otherwise, also for
-  clients without heldout data (the shared model is the safe default).
+  The personalized model is used where its heldout accuracy beats the
+  non-personalized one's by more than `margin` (accuracies are ratios of token
+  counts, so real differences exceed 1e-4; the margin absorbs float noise);
+  ties and clients without heldout data keep the shared model. Test columns
+  are only read to report the outcome of the choice.
 
   Args:
-    heldout_personalized, heldout_baseline: `evaluate_clients` outputs on the
-      clients' heldout splits. metric: column compared.
+    per_client: `personalization_report`'s frame plus `heldout_personalized`
+      and `heldout_baseline` (NaN where a client has no heldout data).
 
   Returns:
-    Boolean Series indexed by client id (clients of `heldout_personalized`).
+    (use_personalized: bool Series by client, summary with `gated_*` keys:
+     the personalized_* and helped/hurt/unchanged keys of
+     `personalization_report` for the gated model, and
+     `gated_personalized_fraction`).
   """
-  pers = heldout_personalized[metric]
-  base = heldout_baseline[metric].reindex(pers.index)
-  return ((pers - base) > margin).rename('use_personalized')
+  use = (per_client.heldout_personalized - per_client.heldout_baseline) > margin
+  use = use.rename('use_personalized')
+  gated = per_client.personalized.where(use, per_client.baseline)
 
+  def frame(values):
+    return pd.DataFrame({'accuracy': values, 'tokens': per_client.tokens})
 
-def gated_results(use_personalized: pd.Series, personalized: pd.DataFrame,
-                  baseline: pd.DataFrame) -> pd.DataFrame:
-  """Test results of the per-client choice: rows of `personalized` where
-  `use_personalized`, else of `baseline` (clients missing from the choice get
-  the baseline)."""
-  choice = use_personalized.reindex(personalized.index, fill_value=False).astype(bool)
-  gated = baseline.reindex(personalized.index).copy()
-  gated[choice] = personalized[choice]
-  return gated
+  _, summary = personalization_report(frame(gated), frame(per_client.baseline), 'accuracy')
+  out = {f'gated_{k}': v for k, v in summary.items()
+         if k.startswith(('personalized_', 'helped', 'hurt', 'unchanged'))}
+  out['gated_personalized_fraction'] = float(use.mean())
+  return use, out
 
 
 def breakdown_by(per_client: pd.DataFrame, column: str, bins: Sequence[int]) -> pd.DataFrame:

@@ -22,6 +22,7 @@ from typing import Optional, Sequence
 
 import pandas as pd
 
+from partial_personalization import evaluation
 from partial_personalization import plots
 from runners import train_lib
 
@@ -237,6 +238,10 @@ def write_outputs(cells: Sequence[Cell], common: dict, rounds: int) -> tuple[pd.
         summaries[cell.name]['personal_parameters'] = train_lib.parameter_counts(
             cell_config(cell, common, rounds))[1]
       frames[cell.name] = pd.read_csv(os.path.join(report, 'per_client.csv'), index_col=0)
+      # The gate is recomputed from the stored heldout results, so every cell
+      # uses the current rule (`evaluation.gate_by_heldout`).
+      _, gated = evaluation.gate_by_heldout(frames[cell.name])
+      summaries[cell.name].update(gated)
   table = results_table(cells, summaries)
   table.to_csv(os.path.join(out, 'table.csv'), index=False)
   markdown = markdown_table(table)

@@ -432,18 +432,13 @@ def write_report(config, task, evaluate, final_named, store, start_weights, *,
     base_heldout = _baseline_results(
         config, task, baseline_named, h_ids, {'heldout': h_sets}, bar)['heldout']
   per_client, summary = evaluation.personalization_report(pers, base, metric)
-  use_personalized = evaluation.choose_by_heldout(pers_heldout, base_heldout, metric)
-  gated = evaluation.gated_results(use_personalized, pers, base)
-  _, gated_summary = evaluation.personalization_report(gated, base, metric)
-  summary.update({f'gated_{k}': v for k, v in gated_summary.items()
-                  if k.startswith(('personalized_', 'helped', 'hurt', 'unchanged'))})
-  summary['gated_personalized_fraction'] = float(
-      use_personalized.reindex(per_client.index, fill_value=False).mean())
   # The inputs of the choice are kept, so anyone can check it saw no test data.
   per_client['heldout_personalized'] = pers_heldout[metric].reindex(per_client.index)
   per_client['heldout_baseline'] = base_heldout[metric].reindex(per_client.index)
-  per_client['use_personalized'] = use_personalized.reindex(per_client.index, fill_value=False)
-  per_client['gated'] = gated[metric].reindex(per_client.index)
+  use_personalized, gated_summary = evaluation.gate_by_heldout(per_client)
+  summary.update(gated_summary)
+  per_client['use_personalized'] = use_personalized
+  per_client['gated'] = per_client.personalized.where(use_personalized, per_client.baseline)
   per_client['train_examples'] = _train_sizes(task, list(per_client.index))
   committed = store.committed_round
   per_client['participations'] = store.participations(list(per_client.index), committed + 1)

@@ -60,16 +60,22 @@ def test_weighted_summary_percentiles_and_std():
 
 
 def test_gating_decides_from_heldout_only():
-  # Heldout favours personalization for c0 only; test data says the opposite.
-  heldout_pers, heldout_base = _frame([0.6, 0.1, 0.3], [5, 5, 5]), _frame([0.5, 0.2, 0.3], [5, 5, 5])
-  test_pers, test_base = _frame([0.1, 0.9, 0.9], [9, 9, 9]), _frame([0.2, 0.3, 0.3], [9, 9, 9])
-  choice = evaluation.choose_by_heldout(heldout_pers, heldout_base, 'accuracy')
-  assert choice.tolist() == [True, False, False]  # ties keep the shared model
-  gated = evaluation.gated_results(choice, test_pers, test_base)
-  assert gated.accuracy.tolist() == [0.1, 0.3, 0.3]
-  # A client without heldout data keeps the shared model.
-  partial = evaluation.choose_by_heldout(heldout_pers.iloc[:1], heldout_base, 'accuracy')
-  assert evaluation.gated_results(partial, test_pers, test_base).accuracy.tolist() == [0.1, 0.3, 0.3]
+  # Heldout favours personalization for c0 only (c2: a tie up to float noise,
+  # c3: no heldout data); test data says the opposite everywhere.
+  per_client = pd.DataFrame({
+      'personalized': [0.1, 0.9, 0.9, 0.9], 'baseline': [0.2, 0.3, 0.3, 0.3],
+      'tokens': [10.0, 10.0, 10.0, 10.0],
+      'heldout_personalized': [0.6, 0.1, 0.3 + 1e-12, np.nan],
+      'heldout_baseline': [0.5, 0.2, 0.3, np.nan]}, index=['c0', 'c1', 'c2', 'c3'])
+  per_client['delta'] = per_client.personalized - per_client.baseline
+  use, s = evaluation.gate_by_heldout(per_client)
+  assert use.tolist() == [True, False, False, False]
+  assert s['gated_personalized_mean'] == pytest.approx((0.1 + 0.3 * 3) / 4)
+  assert s['gated_hurt_fraction'] == 0.25 and s['gated_helped_fraction'] == 0.0
+  assert s['gated_personalized_fraction'] == 0.25
+  # Changing test results cannot change the choice.
+  flipped = per_client.assign(personalized=per_client.baseline - 0.1)
+  assert evaluation.gate_by_heldout(flipped)[0].tolist() == use.tolist()
 
 
 if __name__ == '__main__':
