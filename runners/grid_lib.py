@@ -239,9 +239,11 @@ def write_outputs(cells: Sequence[Cell], common: dict, rounds: int) -> tuple[pd.
             cell_config(cell, common, rounds))[1]
       frames[cell.name] = pd.read_csv(os.path.join(report, 'per_client.csv'), index_col=0)
       # The gate is recomputed from the stored heldout results, so every cell
-      # uses the current rule (`evaluation.gate_by_heldout`).
-      _, gated = evaluation.gate_by_heldout(frames[cell.name])
-      summaries[cell.name].update(gated)
+      # uses the current rule (`evaluation.gate_by_heldout`); reports written
+      # before heldout results were stored keep their own (margin-free) gate.
+      if 'heldout_personalized' in frames[cell.name]:
+        _, gated = evaluation.gate_by_heldout(frames[cell.name])
+        summaries[cell.name].update(gated)
   table = results_table(cells, summaries)
   table.to_csv(os.path.join(out, 'table.csv'), index=False)
   markdown = markdown_table(table)
