@@ -24,6 +24,7 @@ import pandas as pd
 
 from partial_personalization import evaluation
 from partial_personalization import plots
+from partial_personalization import runtime
 from runners import train_lib
 
 PRETRAIN, BASELINE = 'fedavg_pretrain', 'fedavg'
@@ -145,7 +146,6 @@ def run_cell(cell: Cell, config: train_lib.TrainConfig, log=print) -> dict:
 
 
 def _run_cell_child(cell: Cell, config: train_lib.TrainConfig) -> None:
-  from partial_personalization import runtime  # pylint: disable=g-import-not-at-top
   try:
     run_cell(cell, config)
   finally:

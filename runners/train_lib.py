@@ -340,10 +340,7 @@ def _report_weights(config, task, evaluate, final_named, store, ids, bar):
         task.reconstruction_model_fn, loss_fn=task.loss_fn, metrics_fn=task.metrics_fn)
     u, v0 = task.partition.split(task.complete_weights_fn(final_named, task.partition.shapes))
     personal = [v0] * len(ids)
-  elif is_full_personalization(config):
-    u = task.partition.split(final_named)[0]
-    personal = store.read(ids, before_round=store.committed_round + 1)
-  else:
+  else:  # Full personalization stores whole models as v_i; u is unused then.
     u = task.partition.split(final_named)[0]
     if is_stateless(config):
       personal = [store.initial] * len(ids)
@@ -368,17 +365,21 @@ def _report_weights(config, task, evaluate, final_named, store, ids, bar):
   return evaluate, u, personal
 
 
-def _baseline_results(config, task, baseline_named, ids, datasets, bar) -> dict:
+def _baseline_results(config, task, baseline_named, splits, bar) -> dict:
   """Per-client results of the non-personalized model on each split.
 
+  Args:
+    splits: split name -> (client ids, evaluation datasets).
+
   Cached beside `--baseline_model` (`baseline_eval_<split>.csv`), since every
-  run of a grid compares with the same model on the same clients.
+  run of a grid compares with the same model on the same clients; the
+  evaluation computation is built at most once, for the splits not cached.
   """
   metric = task.report_metric
   cache_dir = config.baseline_model if config.baseline_model and os.path.isdir(
       config.baseline_model) else None
   results, evaluate = {}, None
-  for split, sets in datasets.items():
+  for split, (ids, sets) in splits.items():
     path = cache_dir and os.path.join(cache_dir, f'baseline_eval_{split}.csv')
     if path and os.path.exists(path):
       cached = pd.read_csv(path, index_col=0)
@@ -415,7 +416,7 @@ def write_report(config, task, evaluate, final_named, store, start_weights, *,
     baseline_named = start_weights
   ids = _report_clients(task, config)
   heldout_ids = set(task.heldout_data.client_ids)
-  datasets = {'test': _eval_datasets(task, task.test_data, ids)}
+  test_sets = _eval_datasets(task, task.test_data, ids)
   h_ids = [c for c in ids if c in heldout_ids]
   total = (3 if _finetune_epochs(config) else 2) * len(ids) + 2 * len(h_ids)
   with tqdm.tqdm(total=total, desc='evaluating clients', unit='client',
@@ -423,14 +424,14 @@ def write_report(config, task, evaluate, final_named, store, start_weights, *,
     evaluate, u, personal = _report_weights(config, task, evaluate, final_named, store, ids, bar)
     bar.set_description('evaluating personalized models')
     pers = evaluation.evaluate_clients(
-        evaluate, u, personal, datasets['test'], ids, metric, progress=bar.update)
+        evaluate, u, personal, test_sets, ids, metric, progress=bar.update)
     by_id = dict(zip(ids, personal))
     h_sets = _eval_datasets(task, task.heldout_data, h_ids)
     pers_heldout = evaluation.evaluate_clients(
         evaluate, u, [by_id[c] for c in h_ids], h_sets, h_ids, metric, progress=bar.update)
-    base = _baseline_results(config, task, baseline_named, ids, datasets, bar)['test']
-    base_heldout = _baseline_results(
-        config, task, baseline_named, h_ids, {'heldout': h_sets}, bar)['heldout']
+    base = _baseline_results(config, task, baseline_named, {
+        'test': (ids, test_sets), 'heldout': (h_ids, h_sets)}, bar)
+    base, base_heldout = base['test'], base['heldout']
   per_client, summary = evaluation.personalization_report(pers, base, metric)
   # The inputs of the choice are kept, so anyone can check it saw no test data.
   per_client['heldout_personalized'] = pers_heldout[metric].reindex(per_client.index)
