@@ -22,16 +22,27 @@ FLAGS = flags.FLAGS
 _HELP = {
     'experiment_name': 'Name of the run; outputs go to <root_output_dir>/<experiment_name>.',
     'root_output_dir': 'Root folder of all runs.',
-    'task': 'Task name.',
-    'cache_dir': 'Folder with the task data (for stackoverflow: stackoverflow.sqlite and .word_count).',
+    'task': 'stackoverflow (next word), emnist (62 characters, FEMNIST writers) or gldv2 '
+            '(landmarks).',
+    'cache_dir': 'Folder with the task data (default data_cache/<task>): stackoverflow.sqlite and '
+                 '.word_count; emnist_all.sqlite; gld23k/ or gld160k/ in TFF\'s cache layout.',
     'algorithm': 'fedavg (TFF, non-personalized), fedalt, fedsim, fedrecon (TFF build_fed_recon, '
                  'stateless), ditto or pfedme (full personalization; use --personalization=none).',
-    'personalization': 'Which parameters are personal: none, embeddings, first_block, last_block, '
-                       'decoder, adapter (needs --adapter_size), full.',
-    'model_size': 'tiny or mini (the paper\'s 5.7M-parameter transformer).',
-    'adapter_size': 'Adapter bottleneck size (0: no adapters).',
+    'personalization': 'Which parameters are personal. stackoverflow: none, embeddings, '
+                       'first_block, last_block (default), decoder, adapter (needs '
+                       '--adapter_size), full. emnist, gldv2: none, stem, head (default), '
+                       'adapter, representation, full. FedAvg, Ditto, pFedMe: none.',
+    'model_size': 'stackoverflow: tiny or mini (the paper\'s 5.7M-parameter transformer).',
+    'adapter_size': 'stackoverflow: adapter bottleneck size (0: no adapters).',
     'dropout': 'Dropout rate of the model (regularization).',
-    'vocab_size': 'Vocabulary words (tokens = words + 4).',
+    'vocab_size': 'stackoverflow: vocabulary words (tokens = words + 4).',
+    'model': 'emnist: cnn (default) or resnet18; gldv2: resnet18 (default) or mobilenet_v2.',
+    'width_multiplier': 'emnist, gldv2: scales every layer width (1: published sizes).',
+    'heldout_fraction': 'emnist, gldv2: expected fraction of each client\'s train examples held '
+                        'out (periodic evaluation, heldout gating).',
+    'gldv2_variant': 'gldv2: gld23k (233 clients, 203 classes) or gld160k (1,262, 2,028).',
+    'image_size': 'gldv2: images are resized to this side (pixels).',
+    'crop_size': 'gldv2: side of the random (train) or central (test) crop; the model input.',
     'client_optimizer': 'Local optimizer of u (and v).',
     'client_learning_rate': 'Local learning rate of u.',
     'personal_learning_rate': 'Local learning rate of v (default: client_learning_rate).',
@@ -61,6 +72,8 @@ _HELP = {
     'rounds_per_checkpoint': 'Commit (checkpoint) every k rounds.',
     'seed': 'Seed of initialization, client sampling and shuffles.',
     'init_from': 'Start from this run directory\'s model.npz (e.g. FedAvg pretraining).',
+    'init_checkpoint': 'Pretrained weights (.npz of named weights or Keras .h5) loaded where '
+                       'name and shape match, e.g. a backbone; default: from scratch.',
     'baseline_model': 'Non-personalized model (run dir or .npz) for the report; default: the start model.',
     'report': 'Write the per-client report at the end (personalized runs).',
     'progress': 'Show progress bars.',

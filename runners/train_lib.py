@@ -11,6 +11,7 @@ so notebooks can import and call it.
 """
 
 import dataclasses
+import inspect
 import json
 import os
 from typing import Optional
@@ -27,11 +28,23 @@ from partial_personalization import partition as partition_lib
 from partial_personalization import personalized_process
 from partial_personalization import task as task_lib
 from partial_personalization import training_loop
+from tasks.emnist import task as emnist_task
+from tasks.gldv2 import task as gldv2_task
 from tasks.stackoverflow import task as stackoverflow_task
 
 # fedrecon: TFF's `build_fed_recon` (stateless, FedAlt-style).
 ALGORITHMS = ('fedavg', 'fedrecon') + personalized_process.ALGORITHMS
-TASKS = {'stackoverflow': stackoverflow_task}
+TASKS = {'stackoverflow': stackoverflow_task, 'emnist': emnist_task, 'gldv2': gldv2_task}
+# Task -> {`create_task` keyword: TrainConfig field} beyond the common ones.
+TASK_OPTIONS = {
+    'stackoverflow': dict(model_size='model_size', adapter_size='adapter_size',
+                          vocab_size='vocab_size'),
+    'emnist': dict(model='model', width_multiplier='width_multiplier',
+                   heldout_fraction='heldout_fraction'),
+    'gldv2': dict(variant='gldv2_variant', model='model', width_multiplier='width_multiplier',
+                  heldout_fraction='heldout_fraction', image_size='image_size',
+                  crop_size='crop_size'),
+}
 OPTIMIZERS = {
     'sgd': lambda lr: tff.learning.optimizers.build_sgdm(learning_rate=lr),
     'sgdm': lambda lr: tff.learning.optimizers.build_sgdm(learning_rate=lr, momentum=0.9),
@@ -50,13 +63,19 @@ class TrainConfig:
   experiment_name: str
   root_output_dir: str = 'output'
   task: str = 'stackoverflow'
-  cache_dir: str = 'data_cache/stackoverflow'
+  cache_dir: Optional[str] = None
   algorithm: str = 'fedalt'
-  personalization: str = 'last_block'
+  personalization: Optional[str] = None
   model_size: str = 'tiny'
   adapter_size: int = 0
   dropout: float = 0.0
   vocab_size: int = 10000
+  model: Optional[str] = None
+  width_multiplier: float = 1.0
+  heldout_fraction: float = 0.1
+  gldv2_variant: str = 'gld23k'
+  image_size: int = 256
+  crop_size: int = 224
   client_optimizer: str = 'sgd'
   client_learning_rate: float = 0.1
   personal_learning_rate: Optional[float] = None
@@ -82,6 +101,7 @@ class TrainConfig:
   rounds_per_checkpoint: int = 1
   seed: int = 0
   init_from: Optional[str] = None
+  init_checkpoint: Optional[str] = None
   baseline_model: Optional[str] = None
   report: bool = True
   progress: bool = True
@@ -91,6 +111,7 @@ class TrainConfig:
       raise ValueError(f'--algorithm must be one of {ALGORITHMS}, got {self.algorithm!r}')
     if self.task not in TASKS:
       raise ValueError(f'--task must be one of {sorted(TASKS)}, got {self.task!r}')
+    self._resolve_task_defaults()
     for name in ('client_optimizer', 'server_optimizer'):
       if getattr(self, name) not in OPTIMIZERS:
         raise ValueError(f'--{name} must be one of {sorted(OPTIMIZERS)}')
@@ -111,6 +132,22 @@ class TrainConfig:
     if self.total_rounds < 0:
       raise ValueError('--total_rounds must be >= 0 (0: evaluate the start model only)')
 
+  def _resolve_task_defaults(self):
+    """Fills task-dependent defaults; rejects options of another task."""
+    params = inspect.signature(TASKS[self.task].create_task).parameters
+    if self.cache_dir is None:
+      self.cache_dir = os.path.join('data_cache', self.task)
+    if self.personalization is None:
+      self.personalization = 'none' if self.algorithm in (
+          'fedavg', 'ditto', 'pfedme') else params['personalization'].default
+    if self.model is None and 'model' in params:
+      self.model = params['model'].default
+    used = set(TASK_OPTIONS[self.task].values())
+    for field in dataclasses.fields(self):
+      other_task = any(field.name in opts.values() for opts in TASK_OPTIONS.values())
+      if other_task and field.name not in used and getattr(self, field.name) != field.default:
+        raise ValueError(f'--{field.name} does not apply to --task={self.task}')
+
   @property
   def run_dir(self) -> str:
     return os.path.join(self.root_output_dir, self.experiment_name)
@@ -119,12 +156,12 @@ class TrainConfig:
 def create_task(config: TrainConfig,
                 personalization: Optional[str] = None) -> task_lib.PersonalizationTask:
   """The task of `config`, with another partition if `personalization` is given."""
+  options = {keyword: getattr(config, field)
+             for keyword, field in TASK_OPTIONS[config.task].items()}
   return TASKS[config.task].create_task(
-      config.cache_dir, model_size=config.model_size,
-      personalization=personalization or config.personalization,
-      adapter_size=config.adapter_size,
-      dropout=config.dropout, vocab_size=config.vocab_size, batch_size=config.client_batch_size,
-      max_elements_per_client=config.max_examples_per_client)
+      config.cache_dir, personalization=personalization or config.personalization,
+      dropout=config.dropout, batch_size=config.client_batch_size,
+      max_elements_per_client=config.max_examples_per_client, **options)
 
 
 def _check_or_write_flags(config: TrainConfig) -> None:
@@ -133,8 +170,10 @@ def _check_or_write_flags(config: TrainConfig) -> None:
   if os.path.exists(path):
     with open(path) as f:
       saved = json.load(f)
+    defaults = {f.name: f.default for f in dataclasses.fields(config)}
+    # A field newer than the saved run matches if it holds its default.
     diff = {k: (saved.get(k), v) for k, v in current.items()
-            if k not in _RESUMABLE and saved.get(k) != v}
+            if k not in _RESUMABLE and saved.get(k, defaults[k]) != v}
     if diff:
       raise ValueError(
           f'{config.run_dir} holds a run with other settings {diff} (saved, given). '
@@ -154,16 +193,48 @@ def load_init_weights(init_from: str) -> dict:
   return partition_lib.load_named_weights(path)
 
 
+def load_checkpoint_weights(task, path: str) -> dict:
+  """`--init_checkpoint`: named weights of a pretrained model of the task's family.
+
+  Accepts our `.npz` exports and Keras weight files (`.h5`, read by layer
+  name), e.g. ImageNet weights converted for the ResNet-18-GN.
+
+  Raises:
+    FileNotFoundError: no such file. ValueError: an unknown format.
+  """
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'--init_checkpoint={path}: no such file')
+  if path.endswith('.npz'):
+    return partition_lib.load_named_weights(path)
+  if path.endswith(('.h5', '.hdf5')):
+    model = task.keras_model_fn()
+    model.load_weights(path, by_name=True, skip_mismatch=True)
+    return partition_lib.named_weights(model)
+  raise ValueError(f'--init_checkpoint={path}: expected a .npz of named weights or a Keras .h5')
+
+
 def initial_named_weights(task, config) -> dict:
-  """Seeded fresh weights, overridden by `--init_from` where names match."""
+  """Seeded fresh weights, overridden where names match by `--init_checkpoint`
+  (a pretrained backbone: weights of another shape, e.g. a head for other
+  classes, are skipped) and then by `--init_from` (a run: shapes must match).
+  """
   named = task.initial_weights(config.seed)
+  if config.init_checkpoint:
+    loaded = load_checkpoint_weights(task, config.init_checkpoint)
+    used = {k: v for k, v in loaded.items() if k in named and named[k].shape == v.shape}
+    if not used:
+      raise ValueError(f'--init_checkpoint={config.init_checkpoint} shares no variable (name '
+                       'and shape) with the model; is it for this --task and --model?')
+    logging.info('--init_checkpoint: %d of %d variables loaded; fresh: %s', len(used),
+                 len(named), sorted(set(named) - set(used)))
+    named.update(used)
   if config.init_from:
     loaded = task.complete_weights_fn(load_init_weights(config.init_from), task.partition.shapes)
     for name, value in loaded.items():
       if name in named and named[name].shape != value.shape:
         raise ValueError(
             f'--init_from: {name} has shape {value.shape}, the model needs '
-            f'{named[name].shape}; use the same --model_size and --vocab_size.')
+            f'{named[name].shape}; use the same model settings as that run.')
     fresh = sorted(set(named) - set(loaded))
     if fresh:
       logging.info('Variables not in --init_from, freshly initialized: %s', fresh)
@@ -365,7 +436,7 @@ def _report_weights(config, task, evaluate, final_named, store, ids, bar):
   return evaluate, u, personal
 
 
-def _baseline_results(config, task, baseline_named, splits, bar) -> dict:
+def _baseline_results(config, task, baseline_named, start_weights, splits, bar) -> dict:
   """Per-client results of the non-personalized model on each split.
 
   Args:
@@ -390,7 +461,10 @@ def _baseline_results(config, task, baseline_named, splits, bar) -> dict:
     if evaluate is None:  # The run's model with the baseline's weights.
       evaluate = personalized_process.build_personalized_evaluation(
           task.reconstruction_model_fn, loss_fn=task.loss_fn, metrics_fn=task.metrics_fn)
-      u, v = task.partition.split(task.complete_weights_fn(baseline_named, task.partition.shapes))
+      # Variables the baseline lacks (adapters: identity at their start) come
+      # from this run's start weights.
+      named = {**start_weights, **task.complete_weights_fn(baseline_named, task.partition.shapes)}
+      u, v = task.partition.split(named)
     bar.set_description(f'evaluating the baseline ({split})')
     results[split] = evaluation.evaluate_clients(
         evaluate, u, [v] * len(ids), sets, ids, metric, progress=bar.update)
@@ -429,7 +503,7 @@ def write_report(config, task, evaluate, final_named, store, start_weights, *,
     h_sets = _eval_datasets(task, task.heldout_data, h_ids)
     pers_heldout = evaluation.evaluate_clients(
         evaluate, u, [by_id[c] for c in h_ids], h_sets, h_ids, metric, progress=bar.update)
-    base = _baseline_results(config, task, baseline_named, {
+    base = _baseline_results(config, task, baseline_named, start_weights, {
         'test': (ids, test_sets), 'heldout': (h_ids, h_sets)}, bar)
     base, base_heldout = base['test'], base['heldout']
   per_client, summary = evaluation.personalization_report(pers, base, metric)
