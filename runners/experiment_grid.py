@@ -1,8 +1,12 @@
-"""The paper's grid on real Stack Exchange data: one command, table and figures.
+"""The paper's grid on real data: one command, table and figures.
 
   bazel run //runners:experiment_grid -- --output_dir=output/grid
+  bazel run //runners:experiment_grid -- --task=emnist --output_dir=output/emnist_grid \
+      --cells='fed*_head_stateful,fed*_adapter_stateful'
 
-1. Converts the dumps (`--dump_dirs`) once, as the main job does.
+1. Prepares the data once: converts the Stack Exchange dumps (`--dump_dirs`,
+   as the main job does) or LEAF FEMNIST (`--femnist_dir`); GLDv2 is read
+   from `--cache_dir`.
 2. FedAvg pretraining, then FedAvg for `--rounds` more: the non-personalized row.
 3. Each cell of `grid_lib.paper_cells` (`--cells` globs select some), from the
    pretrained model for `--rounds` rounds, and its per-client report against
@@ -23,19 +27,30 @@ from absl import flags
 from runners import flags_lib
 from runners import grid_lib
 from runners import paths
+from tasks.emnist import convert_lib as emnist_convert_lib
 
+_TASK = flags.DEFINE_enum('task', 'stackoverflow', list(grid_lib.PARTITIONS), 'Task.')
 _DUMP_DIRS = flags.DEFINE_list('dump_dirs', ['../shared/data/stackexchange'],
-                               'Stack Exchange site folders, or folders of them.')
+                               'stackoverflow: Stack Exchange site folders, or folders of them.')
+_FEMNIST_DIR = flags.DEFINE_string('femnist_dir', '../shared/data/femnist',
+                                   'emnist: LEAF FEMNIST folder (train/, test/).')
+_CACHE_DIR = flags.DEFINE_string('cache_dir', None, 'gldv2: folder with gld23k/ or gld160k/ '
+                                 'in TFF\'s cache layout.')
 _OUTPUT_DIR = flags.DEFINE_string('output_dir', 'output/grid', 'Runs, table and figures.')
-_MIN_EXAMPLES = flags.DEFINE_integer('min_examples', 200, 'Sentences a client needs to be kept.')
+_MIN_EXAMPLES = flags.DEFINE_integer('min_examples', 200,
+                                     'stackoverflow: sentences a client needs to be kept.')
 _PRETRAIN_ROUNDS = flags.DEFINE_integer('pretrain_rounds', 25, 'FedAvg pretraining rounds.')
 _ROUNDS = flags.DEFINE_integer('rounds', 10, 'Rounds of every cell after pretraining.')
 _CLIENTS_PER_ROUND = flags.DEFINE_integer('clients_per_round', 10, 'Clients per round.')
-_MODEL_SIZE = flags.DEFINE_string('model_size', 'tiny', 'tiny or mini.')
-_CLIENT_LR = flags.DEFINE_float('client_learning_rate', 0.5, 'Local SGD learning rate (u).')
-_PERSONAL_LR = flags.DEFINE_float('personal_learning_rate', 0.1, 'Local SGD learning rate (v).')
-_MAX_EXAMPLES = flags.DEFINE_integer('max_examples_per_client', 128,
-                                     'Examples a client uses per round.')
+_MODEL_SIZE = flags.DEFINE_string('model_size', 'tiny', 'stackoverflow: tiny or mini.')
+_MODEL = flags.DEFINE_string('model', None, 'emnist: cnn or resnet18; gldv2: resnet18 or '
+                             'mobilenet_v2 (default: the task\'s).')
+_CLIENT_LR = flags.DEFINE_float('client_learning_rate', None,
+                                'Local SGD learning rate of u (default: the task\'s).')
+_PERSONAL_LR = flags.DEFINE_float('personal_learning_rate', None,
+                                  'Local SGD learning rate of v (default: the task\'s).')
+_MAX_EXAMPLES = flags.DEFINE_integer('max_examples_per_client', None,
+                                     'Examples a client uses per round (default: the task\'s).')
 _FINETUNE_EPOCHS = flags.DEFINE_integer('finetune_epochs', 1,
                                         'Epochs of the local finetuning baseline.')
 _DITTO_LAMBDA = flags.DEFINE_float('ditto_lambda', 0.1, 'Ditto\'s pull of v_i toward u.')
@@ -44,7 +59,9 @@ _PFEDME_LAMBDA = flags.DEFINE_float(
     'client_learning_rate * lambda of its gap to theta per batch.')
 _REPORT_CLIENTS = flags.DEFINE_integer('report_clients', 0,
                                        'Clients in each report (0: all with train and test).')
-_PARTITIONS = flags.DEFINE_list('partitions', list(grid_lib.PARTITIONS), 'Grid partitions.')
+_PARTITIONS = flags.DEFINE_list('partitions', None, 'Grid partitions (default: all of the '
+                                'task\'s: ' + '; '.join(f'{t}: {",".join(p)}' for t, p in
+                                                       grid_lib.PARTITIONS.items()) + ').')
 _CELLS = flags.DEFINE_list('cells', [], 'Glob patterns of cell names to run (default: all).')
 _NUM_SHARDS = flags.DEFINE_integer('num_shards', 1, 'Split the cells across this many processes.')
 _SHARD_INDEX = flags.DEFINE_integer('shard_index', 0, 'Which split this process runs.')
@@ -52,20 +69,43 @@ _SEED = flags.DEFINE_integer('seed', 0, 'Seed.')
 _PROGRESS = flags.DEFINE_bool('progress', True, 'Show progress bars.')
 
 
+# Task -> (client lr of u, lr of v, examples per client per round): settings
+# that trained well on this machine's real data (docs/results.md).
+_TASK_DEFAULTS = {'stackoverflow': (0.5, 0.1, 128), 'emnist': (0.03, 0.03, 512),
+                  'gldv2': (0.1, 0.1, 512)}
+
+
+def _prepare_data(out: str) -> dict:
+  """Converts the task's real data once; returns its TrainConfig fields."""
+  task = _TASK.value
+  if task == 'stackoverflow':
+    data_dir = os.path.join(out, 'data')
+    flags_lib.convert_if_missing(_DUMP_DIRS.value, data_dir, _MIN_EXAMPLES.value)
+    return dict(cache_dir=data_dir, model_size=_MODEL_SIZE.value)
+  if task == 'emnist':
+    data_dir = os.path.join(out, 'data')
+    emnist_convert_lib.convert_if_missing(paths.resolve_path(_FEMNIST_DIR.value), data_dir)
+    return dict(cache_dir=data_dir, model=_MODEL.value)
+  if not _CACHE_DIR.value:
+    raise ValueError('--task=gldv2 needs --cache_dir (the folder holding gld23k/ or gld160k/)')
+  return dict(cache_dir=paths.resolve_path(_CACHE_DIR.value), model=_MODEL.value)
+
+
 def _run():
   if not 0 <= _SHARD_INDEX.value < _NUM_SHARDS.value:
     raise ValueError('need 0 <= --shard_index < --num_shards')
   out = paths.resolve_path(_OUTPUT_DIR.value)
-  data_dir = os.path.join(out, 'data')
-  flags_lib.convert_if_missing(_DUMP_DIRS.value, data_dir, _MIN_EXAMPLES.value)
+  client_lr, personal_lr, max_examples = _TASK_DEFAULTS[_TASK.value]
   common = dict(
-      root_output_dir=out, cache_dir=data_dir, model_size=_MODEL_SIZE.value,
-      client_learning_rate=_CLIENT_LR.value, personal_learning_rate=_PERSONAL_LR.value,
-      clients_per_round=_CLIENTS_PER_ROUND.value, max_examples_per_client=_MAX_EXAMPLES.value,
+      task=_TASK.value, root_output_dir=out, **_prepare_data(out),
+      client_learning_rate=_CLIENT_LR.value or client_lr,
+      personal_learning_rate=_PERSONAL_LR.value or personal_lr,
+      clients_per_round=_CLIENTS_PER_ROUND.value,
+      max_examples_per_client=_MAX_EXAMPLES.value or max_examples,
       report_clients=_REPORT_CLIENTS.value, seed=_SEED.value,
       rounds_per_checkpoint=5, progress=_PROGRESS.value)
   all_cells = grid_lib.paper_cells(
-      partitions=_PARTITIONS.value, finetune_epochs=_FINETUNE_EPOCHS.value,
+      task=_TASK.value, partitions=_PARTITIONS.value, finetune_epochs=_FINETUNE_EPOCHS.value,
       ditto_lambda=_DITTO_LAMBDA.value, pfedme_lambda=_PFEDME_LAMBDA.value)
   cells = grid_lib.select(all_cells, _CELLS.value)[_SHARD_INDEX.value::_NUM_SHARDS.value]
   with flags_lib.tff_runtime():
@@ -76,7 +116,7 @@ def _run():
     grid_lib.run_cell_in_subprocess(cell, grid_lib.cell_config(cell, common, _ROUNDS.value))
   table, markdown = grid_lib.write_outputs(all_cells, common, _ROUNDS.value)
   missing = [c.name for c in all_cells if c.name not in set(table.cell)]
-  print('\nPer-client test accuracy weighted by test tokens; hurt = clients below the '
+  print('\nPer-client test accuracy weighted by test tokens (examples for images); hurt = clients below the '
         'non-personalized model; gated = per-client choice from heldout data.\n')
   print(markdown)
   if missing:

@@ -28,14 +28,19 @@ from partial_personalization import runtime
 from runners import train_lib
 
 PRETRAIN, BASELINE = 'fedavg_pretrain', 'fedavg'
-# Partition name in the grid -> (personalization flag, adapter size).
+# Task -> grid partition name -> (personalization flag, adapter size).
+_VISION_PARTITIONS = {name: (name, 0) for name in ('stem', 'head', 'adapter', 'representation')}
 PARTITIONS = {
-    'embeddings': ('embeddings', 0),
-    'first_block': ('first_block', 0),
-    'last_block': ('last_block', 0),
-    'decoder': ('decoder', 0),
-    'adapter16': ('adapter', 16),
-    'adapter64': ('adapter', 64),
+    'stackoverflow': {
+        'embeddings': ('embeddings', 0),
+        'first_block': ('first_block', 0),
+        'last_block': ('last_block', 0),
+        'decoder': ('decoder', 0),
+        'adapter16': ('adapter', 16),
+        'adapter64': ('adapter', 64),
+    },
+    'emnist': _VISION_PARTITIONS,
+    'gldv2': _VISION_PARTITIONS,
 }
 
 
@@ -60,12 +65,26 @@ class Cell:
   overrides: dict
 
 
-def paper_cells(*, partitions: Sequence[str] = tuple(PARTITIONS), finetune_epochs: int = 1,
-                ditto_lambda: float = 0.1, pfedme_lambda: float = 1.0) -> list[Cell]:
-  """The grid: full-personalization baselines, then partition x algorithm x state."""
-  unknown = sorted(set(partitions) - set(PARTITIONS))
+def paper_cells(*, task: str = 'stackoverflow', partitions: Optional[Sequence[str]] = None,
+                finetune_epochs: int = 1, ditto_lambda: float = 0.1,
+                pfedme_lambda: float = 1.0) -> list[Cell]:
+  """The grid: full-personalization baselines, then partition x algorithm x state.
+
+  Args:
+    task: A key of `PARTITIONS`. partitions: Grid partitions of that task
+      (default: all).
+
+  Raises:
+    ValueError: unknown task or partition.
+  """
+  if task not in PARTITIONS:
+    raise ValueError(f'unknown task {task!r}; choose from {sorted(PARTITIONS)}')
+  task_partitions = PARTITIONS[task]
+  partitions = list(task_partitions) if partitions is None else partitions
+  unknown = sorted(set(partitions) - set(task_partitions))
   if unknown:
-    raise ValueError(f'unknown grid partitions {unknown}; choose from {list(PARTITIONS)}')
+    raise ValueError(f'unknown grid partitions {unknown} of task {task}; choose from '
+                     f'{list(task_partitions)}')
   cells = [
       Cell('finetune', 'full', 'Local finetuning', 'full', None,
            dict(algorithm='fedavg', personalization='none', total_rounds=0,
@@ -76,14 +95,14 @@ def paper_cells(*, partitions: Sequence[str] = tuple(PARTITIONS), finetune_epoch
            dict(algorithm='pfedme', personalization='none', prox_strength=pfedme_lambda)),
   ]
   for part in partitions:
-    personalization, adapter_size = PARTITIONS[part]
+    personalization, adapter_size = task_partitions[part]
     for algorithm in ('fedalt', 'fedsim'):
       for stateful in (True, False):
         cells.append(Cell(
             f"{algorithm}_{part}_{'stateful' if stateful else 'stateless'}", 'partial',
             {'fedalt': 'FedAlt', 'fedsim': 'FedSim'}[algorithm], part, stateful,
             dict(algorithm=algorithm, personalization=personalization,
-                 adapter_size=adapter_size, stateless=not stateful)))
+                 stateless=not stateful, **({'adapter_size': adapter_size} if adapter_size else {}))))
   return cells
 
 

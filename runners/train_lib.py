@@ -352,6 +352,7 @@ def train(config: TrainConfig) -> dict:
     u = runner.global_weights(state)
     v = store.read(eval_ids, before_round=round_num + 1)
     df = evaluation.evaluate_clients(evaluate, u, v, eval_sets, eval_ids, metric)
+    df = df[df.tokens > 0]  # A small client's random heldout part can be empty.
     return {f'heldout_{metric}': float(np.average(df[metric], weights=df.tokens)),
             'heldout_loss': float(np.average(df.loss, weights=df.tokens))}
 

@@ -37,6 +37,7 @@ def _rgb_float(element, image_size):
   # A few GLDv2 JPEGs are greyscale: TFF decodes them with one channel.
   image = tf.cond(tf.shape(image)[-1] == 1,
                   lambda: tf.image.grayscale_to_rgb(image), lambda: image[..., :3])
+  image = tf.ensure_shape(image, [None, None, 3])
   image = tf.image.resize(tf.cast(image, tf.float32), [image_size, image_size])
   label = tf.cast(tf.reshape(element['class'], []), tf.int32)
   return image, label

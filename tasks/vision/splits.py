@@ -52,6 +52,7 @@ def split_client_data(
 
   def part(low, high):
     def part_dataset_fn(client_id):
+      client_id = tf.convert_to_tensor(client_id, tf.string)  # Some sources need a tensor.
       key = tf.strings.to_hash_bucket_fast(client_id, 2**31 - 1)
 
       def keep(index, element):
