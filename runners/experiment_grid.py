@@ -19,6 +19,7 @@ Resumable: run it again and finished cells are skipped. `--num_shards` and
 under a file lock); run a last time without `--cells` to write the full table.
 """
 
+import fcntl
 import os
 
 from absl import app
@@ -76,7 +77,18 @@ _TASK_DEFAULTS = {'stackoverflow': (0.5, 0.1, 128), 'emnist': (0.03, 0.03, 512),
 
 
 def _prepare_data(out: str) -> dict:
-  """Converts the task's real data once; returns its TrainConfig fields."""
+  """Converts the task's real data once; returns its TrainConfig fields.
+
+  Shards started together convert under a file lock: one writes, the others
+  wait and then find the data.
+  """
+  os.makedirs(out, exist_ok=True)
+  with open(os.path.join(out, '.data.lock'), 'w') as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    return _convert_task_data(out)
+
+
+def _convert_task_data(out: str) -> dict:
   task = _TASK.value
   if task == 'stackoverflow':
     data_dir = os.path.join(out, 'data')

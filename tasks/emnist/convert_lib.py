@@ -124,7 +124,7 @@ def convert(leaf_dir: str, output_dir: str) -> ConversionStats:
   if not both:
     raise MalformedFemnistError(f'{leaf_dir}: no writer has both train and test examples')
   os.makedirs(output_dir, exist_ok=True)
-  tmp_path = final_path + '.tmp'
+  tmp_path = f'{final_path}.{os.getpid()}.tmp'  # Per process: concurrent converts cannot clash.
   if os.path.exists(tmp_path):
     os.remove(tmp_path)
   conn = sqlite3.connect(tmp_path)
