@@ -3,6 +3,7 @@
 import glob
 import json
 import os
+import sys
 
 import numpy as np
 import pandas as pd
@@ -165,7 +166,8 @@ def test_split_client_data_is_disjoint_covering_and_seeded(cache_dir):
   fractions = []
   for writer in train.client_ids[:3]:
     def labels_and_pixels(data):
-      return [(int(e['label']), e['pixels'].sum()) for e in data.create_tf_dataset_for_client(writer)]
+      return [(int(e['label']), float(e['pixels'].numpy().sum()))
+              for e in data.create_tf_dataset_for_client(writer)]
     whole = labels_and_pixels(train)
     pieces = [labels_and_pixels(p) for p in parts]
     assert sorted(sum(pieces, [])) == sorted(whole)  # Disjoint and covering.
@@ -213,3 +215,7 @@ def test_task_flags_are_checked():
   config = train_lib.TrainConfig(experiment_name='x', task='emnist')
   assert (config.personalization, config.model, config.cache_dir) == (
       'head', 'cnn', os.path.join('data_cache', 'emnist'))
+
+
+if __name__ == '__main__':
+  sys.exit(pytest.main([__file__, '-q']))

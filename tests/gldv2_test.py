@@ -1,6 +1,7 @@
 """GLDv2 through TFF's code path on a small fixture in TFF's gld23k cache layout."""
 
 import os
+import sys
 
 import numpy as np
 import pandas as pd
@@ -127,3 +128,7 @@ def test_training_rounds_on_fixture(fixture, tmp_path):
   assert result['summary']['clients'] == len(USERS)
   per_client = pd.read_csv(os.path.join(result['run_dir'], 'report', 'per_client.csv'))
   assert per_client.participations.eq(2).all()  # All 3 clients trained in both rounds.
+
+
+if __name__ == '__main__':
+  sys.exit(pytest.main([__file__, '-q']))
