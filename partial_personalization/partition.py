@@ -192,6 +192,28 @@ def save_named_weights(path: str, named: Mapping[str, np.ndarray]) -> None:
   tf.io.gfile.rename(tmp, path, overwrite=True)
 
 
+def load_keras_h5_weights(path: str) -> dict[str, np.ndarray]:
+  """Named weights from a Keras `save_weights` HDF5 file (layer groups with
+  `weight_names` attributes), without building a model.
+
+  Raises:
+    ValueError: the file is not in that format.
+  """
+  import h5py  # Installed with TensorFlow; only needed here.
+
+  named = {}
+  with h5py.File(path, 'r') as f:
+    group = f['model_weights'] if 'model_weights' in f else f  # Whole-model .h5 files.
+    if 'layer_names' not in group.attrs:
+      raise ValueError(f'{path} is not a Keras weights file (no layer_names attribute)')
+    for layer in group.attrs['layer_names']:
+      layer_group = group[layer]
+      for weight in layer_group.attrs.get('weight_names', []):
+        name = weight.decode() if isinstance(weight, bytes) else weight
+        named[name] = np.asarray(layer_group[name])
+  return named
+
+
 def load_named_weights(path: str) -> dict[str, np.ndarray]:
   """Reads weights written by `save_named_weights`.
 

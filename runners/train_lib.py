@@ -193,7 +193,7 @@ def load_init_weights(init_from: str) -> dict:
   return partition_lib.load_named_weights(path)
 
 
-def load_checkpoint_weights(task, path: str) -> dict:
+def load_checkpoint_weights(path: str) -> dict:
   """`--init_checkpoint`: named weights of a pretrained model of the task's family.
 
   Accepts our `.npz` exports and Keras weight files (`.h5`, read by layer
@@ -207,9 +207,7 @@ def load_checkpoint_weights(task, path: str) -> dict:
   if path.endswith('.npz'):
     return partition_lib.load_named_weights(path)
   if path.endswith(('.h5', '.hdf5')):
-    model = task.keras_model_fn()
-    model.load_weights(path, by_name=True, skip_mismatch=True)
-    return partition_lib.named_weights(model)
+    return partition_lib.load_keras_h5_weights(path)
   raise ValueError(f'--init_checkpoint={path}: expected a .npz of named weights or a Keras .h5')
 
 
@@ -220,7 +218,7 @@ def initial_named_weights(task, config) -> dict:
   """
   named = task.initial_weights(config.seed)
   if config.init_checkpoint:
-    loaded = load_checkpoint_weights(task, config.init_checkpoint)
+    loaded = load_checkpoint_weights(config.init_checkpoint)
     used = {k: v for k, v in loaded.items() if k in named and named[k].shape == v.shape}
     if not used:
       raise ValueError(f'--init_checkpoint={config.init_checkpoint} shares no variable (name '

@@ -1,5 +1,6 @@
 """EMNIST on real FEMNIST writers: converter round trip through TFF's loader, models, training."""
 
+import dataclasses
 import glob
 import json
 import os
@@ -205,6 +206,33 @@ def test_train_fedavg_then_fedalt_adapter_on_real_writers(cache_dir, tmp_path):
   assert (per_client.personalized != per_client.baseline).any()
   summary = result['summary']
   assert 0 <= summary['personalized_mean'] <= 1 and summary['clients'] == 6
+
+
+@pytest.mark.parametrize('suffix', ['.npz', '.h5'])
+def test_init_checkpoint_loads_matching_backbone(cache_dir, tmp_path, suffix):
+  """A 10-class checkpoint initializes a 62-class model: all but the head."""
+  tf.keras.utils.set_random_seed(5)
+  pretrained = model_lib.create_cnn(model_lib.CnnConfig(num_classes=10, width_multiplier=0.25))
+  path = str(tmp_path / f'backbone{suffix}')
+  if suffix == '.npz':
+    partition_lib.save_named_weights(path, partition_lib.named_weights(pretrained))
+  else:
+    pretrained.save_weights(path)
+  config = train_lib.TrainConfig(experiment_name='x', task='emnist', cache_dir=cache_dir,
+                                 width_multiplier=0.25, init_checkpoint=path)
+  task = train_lib.create_task(config)
+  fresh = task.initial_weights(config.seed)
+  named = train_lib.initial_named_weights(task, config)
+  for v in pretrained.variables:
+    if v.name.startswith('head/'):
+      assert named[v.name].shape != v.shape
+      np.testing.assert_array_equal(named[v.name], fresh[v.name])
+    else:
+      np.testing.assert_array_equal(named[v.name], v.numpy())
+  unrelated = str(tmp_path / 'other.npz')
+  partition_lib.save_named_weights(unrelated, {'x:0': np.zeros(3)})
+  with pytest.raises(ValueError, match='shares no variable'):
+    train_lib.initial_named_weights(task, dataclasses.replace(config, init_checkpoint=unrelated))
 
 
 def test_task_flags_are_checked():
