@@ -81,6 +81,14 @@ def test_workaround_reads_tff_cache(fixture):
   assert len(list(ds)) == USERS['photographer_b']
 
 
+def test_bad_options_are_named(fixture):
+  cache_dir, _ = fixture
+  with pytest.raises(ValueError, match='needs --model=resnet18'):
+    gldv2_task.create_task(cache_dir, model='mobilenet_v2', personalization='adapter')
+  with pytest.raises(ValueError, match='crop_size'):
+    gldv2_task.create_task(cache_dir, image_size=32, crop_size=40)
+
+
 def test_missing_cache_names_the_fix(tmp_path):
   with pytest.raises(FileNotFoundError, match='gld160k/train.*load_data'):
     data_lib.load_train_data(str(tmp_path), 'gld160k')

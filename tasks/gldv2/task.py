@@ -124,8 +124,8 @@ def create_task(
   test, heldout, train = splits.split_client_data(
       train_all, (TEST_FRACTION, h, 1 - TEST_FRACTION - h), seed=split_seed)
   options = dict(num_classes=data_lib.NUM_CLASSES[variant], crop_size=crop_size,
-                 width_multiplier=width_multiplier, dropout=dropout, adapters=False,
-                 **registry.model_overrides(personalization))
+                 width_multiplier=width_multiplier, dropout=dropout, adapters=False)
+  options.update(registry.model_overrides(personalization))
   if options['adapters'] and model != 'resnet18':
     raise ValueError("personalization 'adapter' needs --model=resnet18 (MobileNetV2 has no "
                      'adapters)')
