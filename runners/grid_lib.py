@@ -229,12 +229,13 @@ def markdown_table(table: pd.DataFrame) -> str:
     return '' if pd.isna(x) else f'{x:.{digits}%}'
 
   lines = ['| group | method | personal part | state | personal params | mean | p10 | '
-           'hurt | gated mean | gated p10 | gated hurt |', '|' + '---|' * 11]
+           'helped | hurt | gated mean | gated p10 | gated hurt |', '|' + '---|' * 12]
   for _, r in table.iterrows():
     lines.append(
         f"| {r.group} | {r.method} | {r.partition} | {r.state} | "
         f"{int(r.personal_parameters):,} | {pct(r.personalized_mean)} | "
-        f"{pct(r.personalized_p10)} | {pct(r.get('hurt_fraction'), 1)} | "
+        f"{pct(r.personalized_p10)} | {pct(r.get('helped_fraction'), 1)} | "
+        f"{pct(r.get('hurt_fraction'), 1)} | "
         f"{pct(r.get('gated_personalized_mean'))} | {pct(r.get('gated_personalized_p10'))} | "
         f"{pct(r.get('gated_hurt_fraction'), 1)} |")
   return '\n'.join(lines)
