@@ -19,6 +19,14 @@ import pandas as pd
 import tensorflow_federated as tff
 
 ModelWeights = tff.learning.models.ModelWeights
+# |accuracy change| at most this counts as unchanged: the two accuracies of a
+# client are ratios of the same counts computed on two paths (float noise).
+TOLERANCE = 1e-9
+
+
+def is_hurt(delta: pd.Series) -> pd.Series:
+  """Clients whose accuracy fell by more than float noise."""
+  return delta < -TOLERANCE
 
 
 def evaluate_clients(
@@ -73,7 +81,7 @@ def weighted_quantile(values, weights, q: float) -> float:
 
 def personalization_report(
     personalized: pd.DataFrame, baseline: pd.DataFrame, metric: str,
-    *, tolerance: float = 1e-9,
+    *, tolerance: float = TOLERANCE,
 ) -> tuple[pd.DataFrame, dict]:
   """Joins per-client results and summarizes them.
 
@@ -166,7 +174,8 @@ def breakdown_by(per_client: pd.DataFrame, column: str, bins: Sequence[int]) -> 
     rows.append({column: label, 'clients': len(g),
                  'personalized_mean': np.average(g.personalized, weights=g.tokens),
                  'baseline_mean': np.average(g.baseline, weights=g.tokens),
-                 'helped_fraction': (g.delta > 0).mean(), 'hurt_fraction': (g.delta < 0).mean()})
+                 'helped_fraction': (g.delta > TOLERANCE).mean(),
+                 'hurt_fraction': is_hurt(g.delta).mean()})
   return pd.DataFrame(rows).set_index(column)
 
 

@@ -6,6 +6,8 @@ matplotlib.use('Agg')  # Files only; no display needed.
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import pandas as pd
 
+from partial_personalization import evaluation
+
 
 def plot_personalization(per_client: dict[str, pd.DataFrame], path: str,
                          metric: str = 'accuracy') -> None:
@@ -21,7 +23,7 @@ def plot_personalization(per_client: dict[str, pd.DataFrame], path: str,
   fig, axes = plt.subplots(2, n, figsize=(5 * n, 9), squeeze=False)
   for col, (name, df) in enumerate(per_client.items()):
     ax = axes[0, col]
-    hurt = df.delta < 0
+    hurt = evaluation.is_hurt(df.delta)
     ax.scatter(df.baseline[~hurt], df.personalized[~hurt], s=8 + df.tokens[~hurt] / 20,
                alpha=0.6, label=f'helped or same ({(~hurt).sum()})')
     ax.scatter(df.baseline[hurt], df.personalized[hurt], s=8 + df.tokens[hurt] / 20,
@@ -55,13 +57,13 @@ def plot_delta_vs_train_size(per_client: dict[str, pd.DataFrame], path: str) -> 
   """One panel per run: per-client accuracy change (points) vs train examples (log x)."""
   fig, axes = _grid_axes(len(per_client))
   for ax, (name, df) in zip(axes, per_client.items()):
-    hurt = df.delta < 0
+    hurt = evaluation.is_hurt(df.delta)
     ax.scatter(df.train_examples[~hurt], 100 * df.delta[~hurt], s=6, alpha=0.6)
     ax.scatter(df.train_examples[hurt], 100 * df.delta[hurt], s=6, alpha=0.6, color='tab:red')
     ax.axhline(0, color='k', lw=0.8)
     ax.set_xscale('log')
     ax.set_title(f'{name}\nhurt {hurt.mean():.0%}', fontsize=8)
-  fig.supxlabel('client train examples (sentences, log scale)')
+  fig.supxlabel('client train examples (log scale)')
   fig.supylabel('accuracy change vs non-personalized (points)')
   fig.tight_layout()
   fig.savefig(path, dpi=100)
