@@ -52,6 +52,21 @@ def test_breakdown_by_participations():
   assert by.loc['3+', 'baseline_mean'] == pytest.approx((0.4 + 1.8) / 4)
 
 
+def test_float_noise_is_neither_hurt_nor_helped():
+  # Two equal accuracies computed on two paths can differ by 1e-16.
+  personalized = pd.DataFrame({'accuracy': [0.8 - 1e-16, 0.7, 0.9], 'tokens': [10, 10, 10]},
+                              index=['a', 'b', 'c'])
+  baseline = pd.DataFrame({'accuracy': [0.8, 0.8, 0.8], 'tokens': [10, 10, 10]},
+                          index=['a', 'b', 'c'])
+  df, summary = evaluation.personalization_report(personalized, baseline, 'accuracy')
+  assert evaluation.is_hurt(df.delta).tolist() == [False, True, False]
+  assert summary['hurt_fraction'] == pytest.approx(1 / 3)
+  assert summary['unchanged_fraction'] == pytest.approx(1 / 3)
+  df['participations'] = [1, 1, 1]
+  breakdown = evaluation.breakdown_by(df, 'participations', [0, 1])
+  assert breakdown.loc['1+', 'hurt_fraction'] == pytest.approx(1 / 3)
+
+
 def test_weighted_summary_percentiles_and_std():
   values = np.arange(1.0, 11.0)  # equal weights: quantiles are order statistics
   s = evaluation.weighted_summary(values, np.ones(10))
