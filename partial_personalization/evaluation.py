@@ -3,10 +3,10 @@
 Pillutla et al., ICML 2022, Sec. 5: each client is evaluated on its own test
 split with its own personal weights v_i and the final shared u; the baseline is
 the non-personalized model on the same data. Summaries are weighted by test
-tokens (the accuracy metric's `count`): the mean (equal to pooled accuracy),
-standard deviation and 10/25/50/75/90th percentiles of per-client accuracy, and
-the fractions of clients helped (personalized > baseline), hurt (<) and
-unchanged.
+tokens (the accuracy metric's `count`; test examples for the image tasks): the
+mean (equal to pooled accuracy), standard deviation and 10/25/50/75/90th
+percentiles of per-client accuracy, and the fractions of clients helped
+(personalized > baseline), hurt (<) and unchanged (within `TOLERANCE`).
 
 Beyond the paper: `gate_by_heldout` picks, per client, the personalized or the
 non-personalized model from the client's own heldout split only.
