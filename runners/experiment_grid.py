@@ -89,13 +89,11 @@ def _prepare_data(out: str) -> dict:
 
 
 def _convert_task_data(out: str) -> dict:
-  task = _TASK.value
+  task, data_dir = _TASK.value, os.path.join(out, 'data')
   if task == 'stackoverflow':
-    data_dir = os.path.join(out, 'data')
     flags_lib.convert_if_missing(_DUMP_DIRS.value, data_dir, _MIN_EXAMPLES.value)
     return dict(cache_dir=data_dir, model_size=_MODEL_SIZE.value)
   if task == 'emnist':
-    data_dir = os.path.join(out, 'data')
     emnist_convert_lib.convert_if_missing(paths.resolve_path(_FEMNIST_DIR.value), data_dir)
     return dict(cache_dir=data_dir, model=_MODEL.value)
   if not _CACHE_DIR.value:

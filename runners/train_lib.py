@@ -34,6 +34,8 @@ from tasks.stackoverflow import task as stackoverflow_task
 
 # fedrecon: TFF's `build_fed_recon` (stateless, FedAlt-style).
 ALGORITHMS = ('fedavg', 'fedrecon') + personalized_process.ALGORITHMS
+# Algorithms that train whole models: their personalization is 'none'.
+WHOLE_MODEL_ALGORITHMS = ('fedavg',) + personalized_process.FULL_ALGORITHMS
 TASKS = {'stackoverflow': stackoverflow_task, 'emnist': emnist_task, 'gldv2': gldv2_task}
 # Task -> {`create_task` keyword: TrainConfig field} beyond the common ones.
 TASK_OPTIONS = {
@@ -115,7 +117,7 @@ class TrainConfig:
     for name in ('client_optimizer', 'server_optimizer'):
       if getattr(self, name) not in OPTIMIZERS:
         raise ValueError(f'--{name} must be one of {sorted(OPTIMIZERS)}')
-    if self.algorithm in ('fedavg', 'ditto', 'pfedme') and self.personalization != 'none':
+    if self.algorithm in WHOLE_MODEL_ALGORITHMS and self.personalization != 'none':
       raise ValueError(
           f'--algorithm={self.algorithm} trains whole models: use --personalization=none')
     if self.stateless and self.algorithm not in personalized_process.PARTIAL_ALGORITHMS:
@@ -138,8 +140,8 @@ class TrainConfig:
     if self.cache_dir is None:
       self.cache_dir = os.path.join('data_cache', self.task)
     if self.personalization is None:
-      self.personalization = 'none' if self.algorithm in (
-          'fedavg', 'ditto', 'pfedme') else params['personalization'].default
+      self.personalization = ('none' if self.algorithm in WHOLE_MODEL_ALGORITHMS
+                              else params['personalization'].default)
     if self.model is None and 'model' in params:
       self.model = params['model'].default
     used = set(TASK_OPTIONS[self.task].values())
@@ -196,8 +198,9 @@ def load_init_weights(init_from: str) -> dict:
 def load_checkpoint_weights(path: str) -> dict:
   """`--init_checkpoint`: named weights of a pretrained model of the task's family.
 
-  Accepts our `.npz` exports and Keras weight files (`.h5`, read by layer
-  name), e.g. ImageNet weights converted for the ResNet-18-GN.
+  Accepts our `.npz` exports and Keras `save_weights` files (`.h5`, read by
+  variable name without building a model), e.g. ImageNet weights converted
+  for the ResNet-18-GN.
 
   Raises:
     FileNotFoundError: no such file. ValueError: an unknown format.

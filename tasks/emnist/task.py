@@ -82,7 +82,6 @@ def create_task(
                  dropout=dropout, width_multiplier=width_multiplier,
                  **registry.model_overrides(personalization))
   options.setdefault('adapters', False)
-  model_lib.create_model(model, **options)  # Fail now on bad options, not in TFF tracing.
   return classification.create_classification_task(
       name='emnist', train_data=train, heldout_data=heldout, test_data=test,
       train_map_fn=lambda element, seed: _to_image_and_label(element),
