@@ -31,6 +31,7 @@ context does.
 import collections
 import concurrent.futures
 import contextlib
+import itertools
 import threading
 from typing import Any, Optional, Sequence
 
@@ -49,6 +50,7 @@ from tensorflow_federated.python.core.impl.types import type_conversions
 from tensorflow_federated.python.core.impl.utils import tensorflow_utils
 
 _DATASET_DEVICE = '/device:CPU:0'
+_function_index = itertools.count()
 
 
 class UnsupportedComputationError(NotImplementedError):
@@ -102,11 +104,13 @@ def _flatten(type_spec, value) -> list:
 class _TensorFlowFunction:
   """One TFF TensorFlow computation, imported once per device and called eagerly."""
 
-  def __init__(self, comp: building_blocks.CompiledComputation):
+  def __init__(self, comp: building_blocks.CompiledComputation, calls_by_device):
     self._proto = comp.proto
     self._type = comp.type_signature
     self._by_device = {}
     self._lock = threading.Lock()
+    self._calls = calls_by_device
+    self._index = next(_function_index)
 
   def _build(self, device: str):
     param_type, result_type = self._type.parameter, self._type.result
@@ -118,9 +122,11 @@ class _TensorFlowFunction:
       arg = _unflatten(param_type, list(flat)) if param_type is not None else None
       token = tf.constant('')  # Only used by computations that read it.
       with tf.device(device):
-        # Shared names get a per-device suffix: variables of two devices never mix.
+        # Variables are found by shared name: a suffix per computation and
+        # device keeps those of two computations or devices apart.
+        suffix = f'_{self._index}_' + device.replace(':', '_').replace('/', '_')
         init_op, result = tensorflow_utils.deserialize_and_call_tf_computation(
-            self._proto, arg, graph, '_' + device.replace(':', '_').replace('/', '_'), token)
+            self._proto, arg, graph, suffix, token)
       names['init'] = init_op
       return structure.flatten(result) if isinstance(
           result_type, computation_types.StructType) else [result]
@@ -137,6 +143,7 @@ class _TensorFlowFunction:
       if device not in self._by_device:
         self._by_device[device] = self._build(device)
       init, run = self._by_device[device]
+      self._calls[device] += 1
     param_type, result_type = self._type.parameter, self._type.result
     flat = _flatten(param_type, arg) if param_type is not None else []
     with tf.device(device):
@@ -152,11 +159,12 @@ class _Interpreter:
   """Evaluates a call-dominant building block (see the module docstring)."""
 
   def __init__(self, client_devices: Sequence[str], server_device: str,
-               num_clients: int, functions: dict):
+               num_clients: int, functions: dict, calls_by_device):
     self.client_devices = list(client_devices)
     self.server_device = server_device
     self.num_clients = num_clients
     self._functions = functions  # CompiledComputation proto id -> _TensorFlowFunction
+    self._calls = calls_by_device
     self._local = threading.local()
     self._pool = concurrent.futures.ThreadPoolExecutor(len(self.client_devices))
 
@@ -200,7 +208,7 @@ class _Interpreter:
     if isinstance(bb, building_blocks.CompiledComputation):
       key = id(bb.proto)
       if key not in self._functions:
-        self._functions[key] = _TensorFlowFunction(bb)
+        self._functions[key] = _TensorFlowFunction(bb, self._calls)
       function = self._functions[key]
       if bb.type_signature.parameter is None:
         return lambda: function(None, self.device)
@@ -360,6 +368,8 @@ class AcceleratedContext(context_base.SyncContext):
                          f'{sorted(known)}')
     self._compiled = {}  # id(computation) -> (computation, call-dominant building block)
     self._functions = {}
+    # TensorFlow computation calls per device, for benchmarks and tests.
+    self.calls_by_device = collections.Counter()
 
   def _compile(self, comp):
     key = id(comp)
@@ -380,7 +390,7 @@ class AcceleratedContext(context_base.SyncContext):
       num_clients = _count_clients(arg, param_type) or 0
       arg = _to_internal(arg, param_type)
     interpreter = _Interpreter(self.client_devices, self.server_device, num_clients,
-                               self._functions)
+                               self._functions, self.calls_by_device)
     try:
       fn = interpreter.evaluate(bb, {})
       result = fn() if param_type is None else fn(arg)

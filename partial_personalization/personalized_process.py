@@ -68,10 +68,20 @@ class PersonalizedProcess(tff.templates.IterativeProcess):
   Extra attributes: `evaluate` (federated: u@SERVER, v@CLIENTS, data@CLIENTS ->
   unfinalized metrics@CLIENTS, one entry per client), `shared_type`,
   `personal_type`, and `get_model_weights(state)` returning u.
+
+  `next` is `client_step` then `server_step`, also available apart:
+    client_step: (state@SERVER, v@CLIENTS, data@CLIENTS) -> outputs@CLIENTS
+      (per client: shared_update, update_weight, personal_weights, metrics)
+    server_step: (state@SERVER, outputs@CLIENTS) -> (state@SERVER, metrics@SERVER)
+  Executors that split a computation at its aggregation (`remote_context`)
+  call them apart, so the client work is not run twice.
   """
 
-  def __init__(self, initialize_fn, next_fn, *, evaluate, shared_type, personal_type):
+  def __init__(self, initialize_fn, next_fn, *, client_step, server_step, evaluate,
+               shared_type, personal_type):
     super().__init__(initialize_fn, next_fn)
+    self.client_step = client_step
+    self.server_step = server_step
     self.evaluate = evaluate
     self.shared_type = shared_type
     self.personal_type = personal_type
@@ -210,15 +220,20 @@ def build_personalized_process(
 
   state_type = initialize_fn.type_signature.result
 
-  @tff.federated_computation(
-      state_type,
-      tff.FederatedType(personal_type, tff.CLIENTS),
-      tff.FederatedType(data_type, tff.CLIENTS),
-  )
-  def next_fn(state, personal_weights, client_data):
+  personal_at_clients = tff.FederatedType(personal_type, tff.CLIENTS)
+  data_at_clients = tff.FederatedType(data_type, tff.CLIENTS)
+
+  @tff.federated_computation(state_type, personal_at_clients, data_at_clients)
+  def client_step(state, personal_weights, client_data):
+    # The broadcast process of `build_broadcast_process` is stateless and
+    # measures nothing, so `server_step` needs neither.
     broadcast = distributor.next(state.distributor, state.global_model_weights)
-    outputs = tff.federated_map(
+    return tff.federated_map(
         client_update, (broadcast.result, personal_weights, client_data))
+
+  @tff.federated_computation(
+      state_type, tff.FederatedType(client_update.type_signature.result, tff.CLIENTS))
+  def server_step(state, outputs):
     aggregated = aggregator.next(
         state.aggregator, outputs.shared_update, outputs.update_weight)
     finalized = finalizer.next(
@@ -226,7 +241,7 @@ def build_personalized_process(
     new_state = tff.federated_zip(
         tff.learning.templates.LearningAlgorithmState(
             global_model_weights=finalized.result,
-            distributor=broadcast.state,
+            distributor=state.distributor,
             client_work=state.client_work,
             aggregator=aggregated.state,
             finalizer=finalized.state,
@@ -234,16 +249,22 @@ def build_personalized_process(
     )
     measurements = tff.federated_zip(
         collections.OrderedDict(
-            distributor=broadcast.measurements,
+            distributor=tff.federated_value((), tff.SERVER),
             client_work=metrics_aggregation(outputs.metrics),
             aggregator=aggregated.measurements,
             finalizer=finalized.measurements,
         )
     )
+    return new_state, measurements
+
+  @tff.federated_computation(state_type, personal_at_clients, data_at_clients)
+  def next_fn(state, personal_weights, client_data):
+    outputs = client_step(state, personal_weights, client_data)
+    new_state, measurements = server_step(state, outputs)
     return new_state, outputs.personal_weights, measurements
 
   return PersonalizedProcess(
-      initialize_fn, next_fn,
+      initialize_fn, next_fn, client_step=client_step, server_step=server_step,
       evaluate=build_personalized_evaluation(
           model_fn, loss_fn=loss_fn, metrics_fn=metrics_fn, personal_replaces_shared=full),
       shared_type=shared_type, personal_type=personal_type)

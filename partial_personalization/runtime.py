@@ -1,23 +1,132 @@
-"""TFF runtime lifecycle: shut the local worker down before the interpreter exits.
+"""Where TFF computations run (`--executor`), and a clean TFF runtime shutdown.
 
-`import tensorflow_federated` installs a C++ execution context whose
-`worker_binary` process is stopped from a `__del__` that fails at interpreter
-exit (modules are gone), leaving the worker re-parented and holding stdout, so
-`python run.py | tail` hangs. Replacing the default context while modules are
-alive lets the old context stop its worker.
+Three executors run the same computations (see docs/executors.md):
+  local        TFF's C++ runtime in a worker process it starts (the default).
+  remote       TFF worker services on other processes or machines, a round's
+               clients split across them (`remote_context`).
+  accelerated  the in-process TensorFlow runtime on GPUs, or logical CPUs,
+               clients spread across devices (`accelerated_context`).
+
+Shutdown: `import tensorflow_federated` installs a C++ execution context whose
+`worker_binary` process is stopped only from a `__del__`. That fails at
+interpreter exit (modules are gone), and after Ctrl-C inside a computation the
+traceback keeps the context alive, so the worker outlives Python, re-parented
+and holding stdout (`python run.py | tail` hangs). `shutdown_tff_runtime`
+therefore stops the worker of the installed context itself.
 """
 
+import dataclasses
 import gc
+import signal
+import subprocess
+from typing import Optional
 
 import tensorflow_federated as tff
 # No public class raises on use; this is the context TFF itself installs when
 # no runtime is available.
+from tensorflow_federated.python.core.impl.context_stack import context_stack_impl
 from tensorflow_federated.python.core.impl.context_stack import runtime_error_context
+
+EXECUTORS = ('local', 'remote', 'accelerated')
+
+
+@dataclasses.dataclass(frozen=True)
+class ExecutorConfig:
+  """Settings of `--executor` and its flags.
+
+  Attributes:
+    executor: One of `EXECUTORS`.
+    max_concurrent_computation_calls: local: concurrent calls of one
+      computation in the C++ runtime (clients trained at once); <= 0: no limit.
+    workers: remote: 'host:port' of each TFF worker service.
+    client_devices: accelerated: TensorFlow devices of client work, e.g.
+      ('GPU:0', 'GPU:1'); default all GPUs, else all logical CPUs.
+    server_device: accelerated: device of the server update.
+  """
+
+  executor: str = 'local'
+  max_concurrent_computation_calls: int = -1
+  workers: tuple[str, ...] = ()
+  client_devices: tuple[str, ...] = ()
+  server_device: Optional[str] = None
+
+  def __post_init__(self):
+    if self.executor not in EXECUTORS:
+      raise ValueError(f'--executor must be one of {EXECUTORS}, got {self.executor!r}')
+    if self.workers and self.executor != 'remote':
+      raise ValueError('--workers is for --executor=remote')
+    if (self.client_devices or self.server_device) and self.executor != 'accelerated':
+      raise ValueError('--client_devices and --server_device are for --executor=accelerated')
+    if self.max_concurrent_computation_calls > 0 and self.executor != 'local':
+      raise ValueError('--max_concurrent_computation_calls is for --executor=local')
+
+
+_active = ExecutorConfig()
+
+
+def set_executor(config: ExecutorConfig):
+  """Installs the executor as TFF's default context; returns the context.
+
+  Raises:
+    ValueError: bad settings or an unknown device.
+    remote_context.WorkerUnavailableError: a worker does not answer.
+  """
+  global _active
+  if config.executor == 'local':
+    context = tff.backends.native.create_sync_local_cpp_execution_context(
+        max_concurrent_computation_calls=config.max_concurrent_computation_calls)
+    tff.framework.set_default_context(context)
+  elif config.executor == 'remote':
+    from partial_personalization import remote_context  # pylint: disable=g-import-not-at-top
+    context = remote_context.set_remote_context(config.workers)
+  else:
+    from partial_personalization import accelerated_context  # pylint: disable=g-import-not-at-top
+    context = accelerated_context.set_accelerated_context(
+        config.client_devices or None, config.server_device)
+  _active = config
+  return context
+
+
+def active_executor() -> ExecutorConfig:
+  """The settings last installed by `set_executor` (default: local)."""
+  return _active
+
+
+def splits_rounds() -> bool:
+  """Whether rounds run as client_step + server_step (see `remote_context`)."""
+  return _active.executor == 'remote'
+
+
+def _local_workers(context) -> list[subprocess.Popen]:
+  """The worker processes of a TFF local C++ context (TFF 0.87 layout: the
+  executor factory's stack function closes over a ServiceManager holding the
+  `subprocess.Popen`)."""
+  factory = getattr(context, 'executor_factory', None)
+  stack_fn = getattr(factory, '_executor_stack_fn', None)
+  workers = []
+  for cell in getattr(stack_fn, '__closure__', None) or ():
+    try:
+      process = getattr(cell.cell_contents, '_process', None)
+    except ValueError:  # An empty cell.
+      continue
+    if isinstance(process, subprocess.Popen):
+      workers.append(process)
+  return workers
 
 
 def shutdown_tff_runtime() -> None:
-  """Stops TFF's local worker. Later computations need a new context, e.g.
-  `tff.backends.native.set_sync_local_cpp_execution_context()`."""
+  """Stops TFF's local worker (and forgets the active executor). Later
+  computations need a new context, e.g. `set_executor(ExecutorConfig())`."""
+  global _active
+  workers = _local_workers(context_stack_impl.context_stack.current)
   tff.framework.set_default_context(runtime_error_context.RuntimeErrorContext())
+  _active = ExecutorConfig()
+  for worker in workers:
+    if worker.poll() is None:
+      worker.send_signal(signal.SIGINT)  # As TFF stops it.
+      try:
+        worker.wait(timeout=10)
+      except subprocess.TimeoutExpired:
+        worker.kill()
+        worker.wait()
   gc.collect()
-

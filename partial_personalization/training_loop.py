@@ -31,6 +31,7 @@ import tensorflow_federated as tff
 import tqdm
 
 from partial_personalization import client_state
+from partial_personalization import runtime
 
 ModelWeights = tff.learning.models.ModelWeights
 _CHECKPOINT_PREFIX = 'program_state_'
@@ -117,7 +118,12 @@ class PersonalizedRunner(RoundRunner):
       personal = [self.store.initial] * len(client_ids)
     else:
       personal = self.store.read(client_ids, before_round=round_num)
-    state, new_personal, metrics = self.process.next(state, personal, datasets)
+    if runtime.splits_rounds():  # Same round, client work not run twice there.
+      outputs = self.process.client_step(state, personal, datasets)
+      state, metrics = self.process.server_step(state, outputs)
+      new_personal = [output['personal_weights'] for output in outputs]
+    else:
+      state, new_personal, metrics = self.process.next(state, personal, datasets)
     if not self.stateless:
       self.store.write(round_num, client_ids, new_personal)
     return state, metrics

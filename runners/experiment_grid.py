@@ -30,6 +30,7 @@ from runners import grid_lib
 from runners import paths
 from tasks.emnist import convert_lib as emnist_convert_lib
 
+flags_lib.define_executor_flags()
 _TASK = flags.DEFINE_enum('task', 'stackoverflow', list(grid_lib.PARTITIONS), 'Task.')
 _DUMP_DIRS = flags.DEFINE_list('dump_dirs', ['../shared/data/stackexchange'],
                                'stackoverflow: Stack Exchange site folders, or folders of them.')
@@ -123,7 +124,8 @@ def _run():
                             rounds=_ROUNDS.value)
   for i, cell in enumerate(cells, 1):
     print(f'[{i}/{len(cells)}] {cell.name}', flush=True)
-    grid_lib.run_cell_in_subprocess(cell, grid_lib.cell_config(cell, common, _ROUNDS.value))
+    grid_lib.run_cell_in_subprocess(cell, grid_lib.cell_config(cell, common, _ROUNDS.value),
+                                    flags_lib.executor_config_from_flags())
   table, markdown = grid_lib.write_outputs(all_cells, common, _ROUNDS.value)
   missing = [c.name for c in all_cells if c.name not in set(table.cell)]
   print('\nPer-client test accuracy weighted by test tokens (examples for images); hurt = clients below the '

@@ -5,6 +5,7 @@ import dataclasses
 import os
 import signal
 import sys
+from typing import Optional
 
 from absl import app
 from absl import flags
@@ -80,6 +81,29 @@ _HELP = {
 }
 
 
+def define_executor_flags():
+  """--executor and its settings (runtime.ExecutorConfig); none changes results."""
+  flags.DEFINE_enum('executor', 'local', runtime.EXECUTORS,
+                    'Where computations run: local (TFF C++ runtime), remote (TFF workers '
+                    'given by --workers) or accelerated (TensorFlow on GPUs / logical CPUs).')
+  flags.DEFINE_integer('max_concurrent_computation_calls', -1,
+                       'local: clients trained at once by the C++ runtime (<= 0: no limit).')
+  flags.DEFINE_list('workers', [], 'remote: host:port of each TFF worker '
+                    '(bazel run //runners:worker -- --port=PORT on each machine).')
+  flags.DEFINE_list('client_devices', [], 'accelerated: TensorFlow devices of client work, '
+                    'e.g. GPU:0,GPU:1 (default: all GPUs, else all logical CPUs).')
+  flags.DEFINE_string('server_device', None,
+                      'accelerated: device of the server update (default: first client device).')
+
+
+def executor_config_from_flags() -> runtime.ExecutorConfig:
+  return runtime.ExecutorConfig(
+      executor=FLAGS.executor,
+      max_concurrent_computation_calls=FLAGS.max_concurrent_computation_calls,
+      workers=tuple(FLAGS.workers), client_devices=tuple(FLAGS.client_devices),
+      server_device=FLAGS.server_device)
+
+
 def define_train_flags():
   """Defines one flag per `TrainConfig` field, with its default."""
   for field in dataclasses.fields(train_lib.TrainConfig):
@@ -110,7 +134,7 @@ def config_from_flags(**overrides) -> train_lib.TrainConfig:
 
 # Errors of the user's making (flags, missing files, unusable saved state): one
 # clear line instead of a traceback. Anything else is a bug and keeps its trace.
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError,
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, ConnectionError,
                training_loop.CheckpointError, client_state.ClientStateError)
 
 
@@ -153,11 +177,13 @@ def quiet_logs():
 
 
 @contextlib.contextmanager
-def tff_runtime():
-  """Runs the body with TFF's local runtime and shuts its worker down after.
+def tff_runtime(executor: Optional[runtime.ExecutorConfig] = None):
+  """Runs the body with the executor of the flags (or `executor`) installed,
+  and shuts TFF's local worker down after.
 
   Also on errors, Ctrl-C and SIGTERM (turned into KeyboardInterrupt here), so
-  no worker process is left behind.
+  no worker process is left behind. A bad executor setting or an unreachable
+  worker exits with a one-line error.
   """
   def on_sigterm(signum, frame):
     del signum, frame
@@ -170,6 +196,7 @@ def tff_runtime():
   if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
   try:
+    exit_on_user_error(lambda: runtime.set_executor(executor or executor_config_from_flags()))
     yield
   finally:
     runtime.shutdown_tff_runtime()

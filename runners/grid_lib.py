@@ -164,14 +164,17 @@ def run_cell(cell: Cell, config: train_lib.TrainConfig, log=print) -> dict:
   return result['summary']
 
 
-def _run_cell_child(cell: Cell, config: train_lib.TrainConfig) -> None:
+def _run_cell_child(cell: Cell, config: train_lib.TrainConfig,
+                    executor: runtime.ExecutorConfig) -> None:
   try:
+    runtime.set_executor(executor)
     run_cell(cell, config)
   finally:
     runtime.shutdown_tff_runtime()
 
 
-def run_cell_in_subprocess(cell: Cell, config: train_lib.TrainConfig) -> dict:
+def run_cell_in_subprocess(cell: Cell, config: train_lib.TrainConfig,
+                           executor: Optional[runtime.ExecutorConfig] = None) -> dict:
   """`run_cell` in a fresh interpreter, so memory does not grow cell by cell.
 
   TFF's local worker keeps every computation it has seen (and replacing the
@@ -185,7 +188,7 @@ def run_cell_in_subprocess(cell: Cell, config: train_lib.TrainConfig) -> dict:
   if os.path.exists(_summary_path(config)):
     return run_cell(cell, config)  # done: no process needed
   process = multiprocessing.get_context('spawn').Process(
-      target=_run_cell_child, args=(cell, config))
+      target=_run_cell_child, args=(cell, config, executor or runtime.ExecutorConfig()))
   process.start()
   process.join()
   if process.exitcode != 0:

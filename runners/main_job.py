@@ -23,6 +23,7 @@ from runners import flags_lib
 from runners import paths
 from runners import train_lib
 
+flags_lib.define_executor_flags()
 _DUMP_DIRS = flags.DEFINE_list('dump_dirs', ['../shared/data/stackexchange'],
                                'Stack Exchange site folders, or folders of them.')
 _OUTPUT_DIR = flags.DEFINE_string('output_dir', 'output/main_job', 'Where runs and the report go.')

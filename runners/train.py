@@ -10,6 +10,7 @@ from runners import flags_lib
 from runners import train_lib
 
 flags_lib.define_train_flags()
+flags_lib.define_executor_flags()
 
 
 def main(argv):

@@ -6,6 +6,13 @@ import pytest
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
+import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+# Three logical CPUs for the accelerated executor's tests (executors_test.py);
+# possible only before TensorFlow initializes its devices, hence here.
+tf.config.set_logical_device_configuration(
+    tf.config.list_physical_devices('CPU')[0], [tf.config.LogicalDeviceConfiguration()] * 3)
+
 
 def shared_data_dir() -> str:
   """`../shared/data` beside the repository (or $SHARED_DATA_DIR).
