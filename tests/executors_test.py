@@ -68,6 +68,14 @@ def client_datasets(round_num):
   return sets
 
 
+@pytest.fixture(autouse=True)
+def _restore_local_runtime():
+  """Tests here switch executors; later test modules expect TFF's local runtime."""
+  yield
+  runtime.shutdown_tff_runtime()
+  runtime.set_executor(runtime.ExecutorConfig())
+
+
 @pytest.fixture(scope='module')
 def processes():
   sgd = tff.learning.optimizers.build_sgdm
