@@ -33,11 +33,10 @@ import concurrent.futures
 import contextlib
 import itertools
 import threading
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
-import tensorflow_federated as tff
 from tensorflow_federated.python.common_libs import structure
 from tensorflow_federated.python.core.environments.tensorflow_backend import tensorflow_tree_transformations
 from tensorflow_federated.python.core.impl.compiler import building_blocks
@@ -405,9 +404,3 @@ def _canonical(device: str) -> str:
   spec = tf.DeviceSpec.from_string(device if device.startswith('/') else '/' + device)
   return f'/device:{spec.device_type.upper()}:{spec.device_index or 0}'
 
-
-def set_accelerated_context(client_devices=None, server_device=None) -> AcceleratedContext:
-  """Installs an `AcceleratedContext` as TFF's default context and returns it."""
-  context = AcceleratedContext(client_devices, server_device)
-  tff.framework.set_default_context(context)
-  return context

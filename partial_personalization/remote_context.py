@@ -30,7 +30,6 @@ from tensorflow_federated.python.core.backends.native import compiler
 from tensorflow_federated.python.core.backends.native import mergeable_comp_compiler
 from tensorflow_federated.python.core.environments.tensorflow_frontend import tensorflow_computation
 from tensorflow_federated.python.core.impl.computation import computation_base
-from tensorflow_federated.python.core.impl.context_stack import context_stack_impl
 from tensorflow_federated.python.core.impl.execution_contexts import async_execution_context
 from tensorflow_federated.python.core.impl.execution_contexts import mergeable_comp_execution_context as mcec
 from tensorflow_federated.python.core.impl.executor_stacks import python_executor_stacks
@@ -140,14 +139,3 @@ class RemoteContext(mcec.MergeableCompExecutionContext):
     # The original signature keeps the Python containers (e.g. ModelWeights).
     return type_conversions.type_to_py_container(result, comp.type_signature.result)
 
-
-def set_remote_context(workers, timeout_seconds: float = 10.0) -> RemoteContext:
-  """Installs a `RemoteContext` as TFF's default context and returns it.
-
-  Raises:
-    ValueError: malformed --workers. WorkerUnavailableError: a worker does not
-      answer within `timeout_seconds`.
-  """
-  context = RemoteContext(workers, timeout_seconds)
-  context_stack_impl.context_stack.set_default_context(context)
-  return context

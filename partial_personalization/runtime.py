@@ -75,14 +75,14 @@ def set_executor(config: ExecutorConfig):
   if config.executor == 'local':
     context = tff.backends.native.create_sync_local_cpp_execution_context(
         max_concurrent_computation_calls=config.max_concurrent_computation_calls)
-    tff.framework.set_default_context(context)
   elif config.executor == 'remote':
     from partial_personalization import remote_context  # pylint: disable=g-import-not-at-top
-    context = remote_context.set_remote_context(config.workers)
+    context = remote_context.RemoteContext(config.workers)
   else:
     from partial_personalization import accelerated_context  # pylint: disable=g-import-not-at-top
-    context = accelerated_context.set_accelerated_context(
+    context = accelerated_context.AcceleratedContext(
         config.client_devices or None, config.server_device)
+  _replace_context(context)
   _active = config
   return context
 
@@ -97,36 +97,50 @@ def splits_rounds() -> bool:
   return _active.executor == 'remote'
 
 
-def _local_workers(context) -> list[subprocess.Popen]:
-  """The worker processes of a TFF local C++ context (TFF 0.87 layout: the
-  executor factory's stack function closes over a ServiceManager holding the
-  `subprocess.Popen`)."""
+def _service_managers(context) -> list:
+  """The worker managers of a TFF local C++ context (TFF 0.87 layout: the
+  executor factory's stack function closes over a ServiceManager whose
+  `_process` is the worker's `subprocess.Popen`)."""
   factory = getattr(context, 'executor_factory', None)
   stack_fn = getattr(factory, '_executor_stack_fn', None)
-  workers = []
+  managers = []
   for cell in getattr(stack_fn, '__closure__', None) or ():
     try:
-      process = getattr(cell.cell_contents, '_process', None)
+      contents = cell.cell_contents
     except ValueError:  # An empty cell.
       continue
-    if isinstance(process, subprocess.Popen):
-      workers.append(process)
-  return workers
+    if hasattr(contents, '_process') and hasattr(contents, 'get_stub'):
+      managers.append(contents)
+  return managers
+
+
+def _stopped(*args, **kwargs):
+  raise RuntimeError('this TFF runtime was shut down')
 
 
 def shutdown_tff_runtime() -> None:
   """Stops TFF's local worker (and forgets the active executor). Later
   computations need a new context, e.g. `set_executor(ExecutorConfig())`."""
   global _active
-  workers = _local_workers(context_stack_impl.context_stack.current)
-  tff.framework.set_default_context(runtime_error_context.RuntimeErrorContext())
+  _replace_context(runtime_error_context.RuntimeErrorContext())
   _active = ExecutorConfig()
-  for worker in workers:
-    if worker.poll() is None:
+  gc.collect()
+
+
+def _replace_context(context) -> None:
+  """Installs `context` as TFF's default and stops the old one's local worker."""
+  managers = _service_managers(context_stack_impl.context_stack.current)
+  tff.framework.set_default_context(context)
+  for manager in managers:
+    # A computation still running in TFF's background thread would restart a
+    # stopped worker (TFF retries on UNAVAILABLE); forbid that first.
+    manager.get_stub = _stopped
+    worker = manager._process  # pylint: disable=protected-access
+    if isinstance(worker, subprocess.Popen) and worker.poll() is None:
       worker.send_signal(signal.SIGINT)  # As TFF stops it.
       try:
         worker.wait(timeout=10)
       except subprocess.TimeoutExpired:
         worker.kill()
         worker.wait()
-  gc.collect()
+    manager._process = None  # pylint: disable=protected-access  # Its __del__ must not signal a reused pid.

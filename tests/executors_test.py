@@ -213,7 +213,7 @@ def test_remote_returns_clients_in_order(processes, workers):
       [np.ones([4, 8], np.float32), np.zeros([8], np.float32)], [])
   v = [personalized_process.ModelWeights(
       [np.ones([8, 3], np.float32), np.zeros([3], np.float32)], [])] * len(sizes)
-  remote_context.set_remote_context(workers)
+  runtime.set_executor(runtime.ExecutorConfig('remote', workers=tuple(workers)))
   try:
     results = evaluate(u, v, sets)
   finally:
