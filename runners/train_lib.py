@@ -243,7 +243,9 @@ def initial_named_weights(task, config) -> dict:
   return named
 
 
-def _build_runner(config, task, named_init, store):
+def build_runner(config, task, named_init, store) -> training_loop.RoundRunner:
+  """The process of `config.algorithm` wrapped for the training loop, starting
+  from `named_init`; personal state (if any) lives in `store`."""
   client_opt = OPTIMIZERS[config.client_optimizer](config.client_learning_rate)
   server_opt = OPTIMIZERS[config.server_optimizer](config.server_learning_rate)
   shared, _ = task.partition.split(named_init)
@@ -328,7 +330,7 @@ def train(config: TrainConfig) -> dict:
     initial_personal = shared_init  # v_0 is the whole start model.
   store = client_state.ClientStateStore(
       os.path.join(config.run_dir, 'client_state.sqlite'), initial_personal)
-  runner = _build_runner(config, task, named_init, store)
+  runner = build_runner(config, task, named_init, store)
   shared_n, personal_n = parameter_counts(config, task)
   logging.info('%s/%s: %d shared and %d personal parameters',
                config.algorithm, config.personalization, shared_n, personal_n)
