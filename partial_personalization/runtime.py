@@ -17,7 +17,6 @@ therefore stops the worker of the installed context itself.
 
 import dataclasses
 import gc
-import signal
 import subprocess
 from typing import Optional
 
@@ -137,7 +136,9 @@ def _replace_context(context) -> None:
     manager.get_stub = _stopped
     worker = manager._process  # pylint: disable=protected-access
     if isinstance(worker, subprocess.Popen) and worker.poll() is None:
-      worker.send_signal(signal.SIGINT)  # As TFF stops it.
+      # SIGTERM, not TFF's SIGINT: a process started in the background by a
+      # script ignores SIGINT, and so would the worker it spawns.
+      worker.terminate()
       try:
         worker.wait(timeout=10)
       except subprocess.TimeoutExpired:

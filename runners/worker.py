@@ -12,6 +12,7 @@ sends each worker its clients' datasets as serialized computations.
 
 import importlib.util
 import os
+import signal
 import sys
 
 from absl import app
@@ -43,6 +44,9 @@ def main(argv):
     sys.exit(2)
   print(f'TFF worker serving on port {_PORT.value} (Ctrl-C stops it)', flush=True)
   # exec: signals (Ctrl-C, SIGTERM) reach the service itself, no orphan left.
+  # A worker started in the background by a script inherits SIGINT ignored,
+  # and exec keeps that; make Ctrl-C / kill -INT stop it again.
+  signal.signal(signal.SIGINT, signal.SIG_DFL)
   os.execv(binary, [binary, f'--port={_PORT.value}',
                     f'--max_concurrent_computation_calls={_MAX_CALLS.value}'])
 

@@ -102,7 +102,7 @@ def workers():
       time.sleep(0.2)
   yield [f'localhost:{port}' for port in ports]
   for proc in procs:
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGINT)  # Ctrl-C stops a worker, also one started in the background.
   for proc in procs:
     proc.wait(timeout=30)
 
