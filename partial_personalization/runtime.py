@@ -15,6 +15,7 @@ and holding stdout (`python run.py | tail` hangs). `shutdown_tff_runtime`
 therefore stops the worker of the installed context itself.
 """
 
+import atexit
 import dataclasses
 import gc
 import subprocess
@@ -124,6 +125,12 @@ def shutdown_tff_runtime() -> None:
   _replace_context(runtime_error_context.RuntimeErrorContext())
   _active = ExecutorConfig()
   gc.collect()
+
+
+# Also when a program exits without calling it (e.g. on a flags error): TFF's
+# ServiceManager.__del__ would otherwise run at interpreter teardown, after
+# `subprocess` is gone, and print an AttributeError traceback.
+atexit.register(shutdown_tff_runtime)
 
 
 def _replace_context(context) -> None:
