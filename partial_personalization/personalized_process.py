@@ -31,10 +31,12 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from partial_personalization import client_work
+from partial_personalization import ffgg
 from partial_personalization import full_personalization
 
 ModelWeights = tff.learning.models.ModelWeights
-PARTIAL_ALGORITHMS = ('fedalt', 'fedsim')
+# ffgg: Mishchenko et al., TMLR 2025 (see `ffgg`).
+PARTIAL_ALGORITHMS = ('fedalt', 'fedsim', 'ffgg')
 # Full personalization: v_i is a whole model beside the global u.
 FULL_ALGORITHMS = ('ditto', 'pfedme')
 ALGORITHMS = PARTIAL_ALGORITHMS + FULL_ALGORITHMS
@@ -117,9 +119,10 @@ def build_personalized_process(
     personal_l2: float = 0.0,
     prox_strength: float = 0.1,
     inner_steps: int = 5,
+    local_steps: int = 1,
     model_aggregator: Optional[tff.aggregators.WeightedAggregationFactory] = None,
 ) -> PersonalizedProcess:
-  """Builds FedAlt, FedSim, or the full-personalization Ditto and pFedMe.
+  """Builds FedAlt, FedSim, FFGG, or the full-personalization Ditto and pFedMe.
 
   Args:
     model_fn: No-arg function returning a `tff.learning.models.ReconstructionModel`
@@ -129,8 +132,10 @@ def build_personalized_process(
       v_i is a second whole model of the same type.
     loss_fn: No-arg function returning a Keras loss (y_true, logits) -> scalar.
     metrics_fn: No-arg function returning Keras metrics, reported per round.
-    algorithm: 'fedalt', 'fedsim' (Pillutla et al., Algorithm 1), 'ditto' or
-      'pfedme' (see `full_personalization`).
+    algorithm: 'fedalt', 'fedsim' (Pillutla et al., Algorithm 1), 'ffgg'
+      (Mishchenko et al., Algorithms 1, 2, 4: `tau_v` full-batch fine-tuning
+      steps, then the gradient of u; the server steps with `server_optimizer`),
+      'ditto' or 'pfedme' (see `full_personalization`).
     client_optimizer: Local optimizer of u.
     personal_optimizer: Local optimizer of v; defaults to `client_optimizer`.
     server_optimizer: Applies the mean update of u; defaults to SGD with
@@ -140,8 +145,10 @@ def build_personalized_process(
     personal_l2: Weight decay of v in FedAlt/FedSim personal steps.
     prox_strength: lambda of Ditto and pFedMe.
     inner_steps: pFedMe's inner steps K per batch.
+    local_steps: FFGG's full-batch steps on u (1: FFGG, > 1: Local FFGG).
     model_aggregator: Weighted aggregation factory for u updates; defaults to
-      `tff.aggregators.MeanFactory()` (example-weighted mean).
+      `tff.aggregators.MeanFactory()` (example-weighted mean); see
+      `robust_aggregators` for Byzantine-robust ones.
 
   Returns:
     A `PersonalizedProcess`.
@@ -181,6 +188,11 @@ def build_personalized_process(
     client_update = full_personalization.build_pfedme_client_update(
         **common, weights_type=shared_type, prox_strength=prox_strength,
         inner_steps=inner_steps)
+  elif algorithm == 'ffgg':
+    client_update = ffgg.build_ffgg_client_update(
+        model_fn=model_fn, loss_fn=loss_fn, metrics_fn=metrics_fn, shared_type=shared_type,
+        personal_type=personal_type, data_type=data_type, client_optimizer=client_optimizer,
+        personal_optimizer=personal_optimizer, tau_v=tau_v, local_steps=local_steps)
   else:
     client_update = client_work.build_client_update(
         **common, shared_type=shared_type, personal_type=personal_type,

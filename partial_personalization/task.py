@@ -8,7 +8,7 @@ it into TFF models: `variable_model_fn` (for TFF's FedAvg) and
 
 import dataclasses
 import functools
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import tensorflow as tf
 import tensorflow_federated as tff
@@ -37,6 +37,8 @@ class PersonalizationTask:
       model, {name: shape} of this model) -> named weights; fills variables the
       other variant lacks from ones it has (e.g. an untied decoder from the
       tied embedding). Identity by default.
+    client_groups_fn: No-arg function returning {client id: group} from the
+      data's metadata (Stack Exchange: the site), or None if it has none.
   """
 
   name: str
@@ -52,6 +54,7 @@ class PersonalizationTask:
   partition_name: str
   partition_fn: partition_lib.PartitionFn
   complete_weights_fn: Callable[[dict, dict], dict] = lambda named, shapes: named
+  client_groups_fn: Optional[Callable[[], dict]] = None
 
   @property
   def report_metric(self) -> str:

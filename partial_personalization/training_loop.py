@@ -100,12 +100,17 @@ class PersonalizedRunner(RoundRunner):
   `stateless=True` is the Federated Reconstruction setting: every participation
   starts from v_0 (`store.initial`) and the trained v_i is dropped after the
   round, so nothing personal persists between rounds.
+
+  With `attack`, the sampled clients of `byzantine_ids` send the attack's
+  update instead of theirs (`byzantine.ByzantineAttack`).
   """
 
   process: Any  # personalized_process.PersonalizedProcess
   store: client_state.ClientStateStore
   initial_shared: Optional[ModelWeights] = None
   stateless: bool = False
+  attack: Optional[Any] = None  # byzantine.ByzantineAttack
+  byzantine_ids: frozenset = frozenset()
 
   def initialize(self):
     state = self.process.initialize()
@@ -118,8 +123,13 @@ class PersonalizedRunner(RoundRunner):
       personal = [self.store.initial] * len(client_ids)
     else:
       personal = self.store.read(client_ids, before_round=round_num)
-    if runtime.splits_rounds():  # Same round, client work not run twice there.
+    attackers = [i for i, c in enumerate(client_ids) if c in self.byzantine_ids]
+    # Split rounds: the remote executor (no client work twice) and attacks.
+    if runtime.splits_rounds() or (self.attack and attackers):
       outputs = self.process.client_step(state, personal, datasets)
+      for i in attackers:
+        outputs[i] = {**outputs[i], 'shared_update': self.attack.corrupt(
+            outputs[i]['shared_update'], round_num, client_ids[i])}
       state, metrics = self.process.server_step(state, outputs)
       new_personal = [output['personal_weights'] for output in outputs]
     else:

@@ -27,8 +27,9 @@ _HELP = {
             '(landmarks).',
     'cache_dir': 'Folder with the task data (default data_cache/<task>): stackoverflow.sqlite and '
                  '.word_count; emnist_all.sqlite; gld23k/ or gld160k/ in TFF\'s cache layout.',
-    'algorithm': 'fedavg (TFF, non-personalized), fedalt, fedsim, fedrecon (TFF build_fed_recon, '
-                 'stateless), ditto or pfedme (full personalization; use --personalization=none).',
+    'algorithm': 'fedavg (TFF, non-personalized), fedalt, fedsim, ffgg (fine-tuning followed '
+                 'by global gradient), fedrecon (TFF build_fed_recon, stateless), ditto or '
+                 'pfedme (full personalization; use --personalization=none).',
     'personalization': 'Which parameters are personal. stackoverflow: none, embeddings, '
                        'first_block, last_block (default), decoder, adapter (needs '
                        '--adapter_size), full. emnist, gldv2: none, stem, head (default), '
@@ -54,13 +55,37 @@ _HELP = {
     'client_batch_size': 'Local batch size.',
     'max_examples_per_client': 'Cap on examples a client uses per round.',
     'tau_u': 'Local epochs/steps on the shared part u.',
-    'tau_v': 'Local epochs/steps on the personal part v (FedAlt).',
+    'tau_v': 'Local epochs/steps on the personal part v (FedAlt); ffgg: full-batch '
+             'fine-tuning steps (Algorithm 2).',
     'local_unit': 'Unit of tau_u and tau_v: epochs or steps.',
     'stateless': 'FedAlt/FedSim with v_i reset to v_0 at every participation (FedRecon setting); '
                  'evaluation reconstructs v_i on the train split first.',
     'personal_l2': 'Weight decay of the personal part in FedAlt/FedSim.',
     'prox_strength': 'lambda of Ditto and pFedMe (pull toward the global model).',
     'inner_steps': 'pFedMe inner steps K per batch.',
+    'local_steps': 'ffgg: full-batch steps on u per round (1: FFGG, > 1: Local FFGG, '
+                   'Mishchenko et al. Algorithm 4).',
+    'aggregator': 'Aggregation of the u updates: mean (example-weighted), median '
+                  '(coordinate-wise) or trimmed_mean (Byzantine-robust).',
+    'trim_fraction': 'trimmed_mean: fraction trimmed at each end, in [0, 0.5).',
+    'bucket_size': 'Bucketing before the aggregator: shuffle, average buckets of this many '
+                   'updates (1: none).',
+    'byzantine_fraction': 'Simulated attack: fraction of the training clients that are '
+                          'Byzantine (a fixed, seeded set); 0: none.',
+    'attack': 'What Byzantine clients send: flip (-attack_scale * update) or noise '
+              '(Gaussian, std attack_scale).',
+    'attack_scale': 'Scale of the attack.',
+    'asynchronous': 'Simulated asynchronous training: the server applies each update as it '
+                    'arrives, computed from a stale u (Mishchenko et al. Algorithm 3).',
+    'async_concurrency': 'Clients in flight (0: clients_per_round).',
+    'async_delay': 'Delay distribution: exponential, uniform (0 to 2 x mean) or constant.',
+    'async_delay_mean': 'Mean delay (simulated time units).',
+    'async_slow_fraction': 'Fraction of clients that are slow (fixed, seeded set).',
+    'async_slow_factor': 'Delay multiplier of slow clients.',
+    'async_delay_adaptive': 'Scale each update by min(1, concurrency / staleness).',
+    'groups': 'Client groups: metadata (stackoverflow: the site), csv:PATH (client_id,group) '
+              'or kmeans:K (label histograms).',
+    'client_group': 'Train and report only this group\'s clients (group fine-tuning).',
     'finetune_epochs': 'Before testing, finetune each client\'s personal part for this many '
                        'epochs on its train split (0: none; stateless runs default to tau_v).',
     'finetune_learning_rate': 'Learning rate of that finetuning (default: personal_learning_rate).',

@@ -22,10 +22,14 @@ import pandas as pd
 import tensorflow_federated as tff
 import tqdm
 
+from partial_personalization import asynchronous
+from partial_personalization import byzantine
 from partial_personalization import client_state
 from partial_personalization import evaluation
+from partial_personalization import groups as groups_lib
 from partial_personalization import partition as partition_lib
 from partial_personalization import personalized_process
+from partial_personalization import robust_aggregators
 from partial_personalization import task as task_lib
 from partial_personalization import training_loop
 from tasks.emnist import task as emnist_task
@@ -94,6 +98,22 @@ class TrainConfig:
   personal_l2: float = 0.0
   prox_strength: float = 0.1
   inner_steps: int = 5
+  local_steps: int = 1
+  aggregator: str = 'mean'
+  trim_fraction: float = 0.1
+  bucket_size: int = 1
+  byzantine_fraction: float = 0.0
+  attack: str = 'flip'
+  attack_scale: float = 1.0
+  asynchronous: bool = False
+  async_concurrency: int = 0
+  async_delay: str = 'exponential'
+  async_delay_mean: float = 1.0
+  async_slow_fraction: float = 0.0
+  async_slow_factor: float = 10.0
+  async_delay_adaptive: bool = False
+  groups: Optional[str] = None
+  client_group: Optional[str] = None
   finetune_epochs: int = 0
   finetune_learning_rate: Optional[float] = None
   finetune_personalization: Optional[str] = None
@@ -121,7 +141,30 @@ class TrainConfig:
       raise ValueError(
           f'--algorithm={self.algorithm} trains whole models: use --personalization=none')
     if self.stateless and self.algorithm not in personalized_process.PARTIAL_ALGORITHMS:
-      raise ValueError('--stateless applies to fedalt and fedsim (fedrecon is stateless already)')
+      raise ValueError('--stateless applies to fedalt, fedsim and ffgg (fedrecon is '
+                       'stateless already)')
+    personalized = self.algorithm in personalized_process.ALGORITHMS
+    if self.local_steps != 1 and self.algorithm != 'ffgg':
+      raise ValueError('--local_steps is for --algorithm=ffgg (Local FFGG)')
+    if (self.byzantine_fraction or self.asynchronous) and not personalized:
+      raise ValueError('--byzantine_fraction and --asynchronous need one of '
+                       f'{personalized_process.ALGORITHMS} (fedavg: fedsim with '
+                       '--personalization=none)')
+    if self.aggregator != 'mean' and self.algorithm == 'fedrecon':
+      raise ValueError('--aggregator is not wired into fedrecon')
+    robust_aggregators.build_robust_aggregator(  # Checks the settings.
+        self.aggregator, trim_fraction=self.trim_fraction, bucket_size=self.bucket_size)
+    if self.byzantine_fraction:
+      byzantine.ByzantineAttack(self.byzantine_fraction, self.attack, self.attack_scale)
+    if self.asynchronous:
+      asynchronous.DelayModel(self.async_delay, self.async_delay_mean,
+                              self.async_slow_fraction, self.async_slow_factor)
+    if self.async_concurrency < 0:
+      raise ValueError('--async_concurrency must be >= 0 (0: clients_per_round)')
+    if self.groups:
+      groups_lib.parse_source(self.groups)
+    if self.client_group is not None and not self.groups:
+      raise ValueError('--client_group needs --groups (where groups come from)')
     if self.finetune_personalization and self.algorithm != 'fedavg':
       raise ValueError('--finetune_personalization is for --algorithm=fedavg (local '
                        'finetuning baseline); other runs finetune their personal part')
@@ -243,16 +286,24 @@ def initial_named_weights(task, config) -> dict:
   return named
 
 
-def build_runner(config, task, named_init, store) -> training_loop.RoundRunner:
+def build_runner(config, task, named_init, store, *, population=None,
+                 make_dataset=None) -> training_loop.RoundRunner:
   """The process of `config.algorithm` wrapped for the training loop, starting
-  from `named_init`; personal state (if any) lives in `store`."""
+  from `named_init`; personal state (if any) lives in `store`.
+
+  `population` (training client ids; default all) seeds the Byzantine set, and
+  with `make_dataset` ((client id, seed) -> dataset) drives asynchronous runs.
+  """
   client_opt = OPTIMIZERS[config.client_optimizer](config.client_learning_rate)
   server_opt = OPTIMIZERS[config.server_optimizer](config.server_learning_rate)
+  aggregator = robust_aggregators.build_robust_aggregator(
+      config.aggregator, trim_fraction=config.trim_fraction,
+      bucket_size=config.bucket_size, seed=config.seed)
   shared, _ = task.partition.split(named_init)
   if config.algorithm == 'fedavg':
     process = tff.learning.algorithms.build_weighted_fed_avg(
         task.variable_model_fn, client_optimizer_fn=client_opt,
-        server_optimizer_fn=server_opt)
+        server_optimizer_fn=server_opt, model_aggregator=aggregator)
     return training_loop.FedAvgRunner(process, initial_weights=shared)
   if config.algorithm == 'fedrecon':
     # Configured as stateless FedAlt: reconstruction on the whole client
@@ -270,9 +321,76 @@ def build_runner(config, task, named_init, store) -> training_loop.RoundRunner:
       personal_optimizer=_personal_optimizer(config), server_optimizer=server_opt,
       tau_u=config.tau_u, tau_v=config.tau_v, local_unit=config.local_unit,
       personal_l2=config.personal_l2, prox_strength=config.prox_strength,
-      inner_steps=config.inner_steps)
-  return training_loop.PersonalizedRunner(process, store, initial_shared=shared,
-                                          stateless=config.stateless)
+      inner_steps=config.inner_steps, local_steps=config.local_steps,
+      model_aggregator=aggregator)
+  population = sorted(population or task.train_data.client_ids)
+  if config.asynchronous:
+    if make_dataset is None:
+      raise ValueError('an asynchronous runner needs make_dataset')
+    return asynchronous.AsyncRunner(
+        process, store, population=population, make_dataset=make_dataset,
+        delays=_delay_model(config),
+        concurrency=config.async_concurrency or config.clients_per_round,
+        seed=config.seed, delay_adaptive=config.async_delay_adaptive,
+        stateless=config.stateless, initial_shared=shared)
+  attack = _attack(config)
+  return training_loop.PersonalizedRunner(
+      process, store, initial_shared=shared, stateless=config.stateless, attack=attack,
+      byzantine_ids=frozenset(attack.byzantine_clients(population)) if attack else frozenset())
+
+
+def _attack(config) -> Optional[byzantine.ByzantineAttack]:
+  if not config.byzantine_fraction:
+    return None
+  return byzantine.ByzantineAttack(config.byzantine_fraction, config.attack,
+                                   config.attack_scale, config.seed)
+
+
+def _delay_model(config) -> asynchronous.DelayModel:
+  return asynchronous.DelayModel(config.async_delay, config.async_delay_mean,
+                                 config.async_slow_fraction, config.async_slow_factor,
+                                 config.seed)
+
+
+_GROUPS_CACHE = {}
+
+
+def client_groups(task, config) -> dict[str, str]:
+  """{client id: group} of every training client, from `--groups` (cached)."""
+  key = (task.name, config.cache_dir, config.groups, config.seed)
+  if key not in _GROUPS_CACHE:
+    _GROUPS_CACHE[key] = groups_lib.load_groups(
+        config.groups, sorted(task.train_data.client_ids),
+        metadata_fn=task.client_groups_fn,
+        histograms_fn=lambda ids: _label_histograms(task, ids), seed=config.seed)
+  return _GROUPS_CACHE[key]
+
+
+def _label_histograms(task, ids) -> dict:
+  """Label counts of each client's train split (for k-means groups)."""
+  counts = {}
+  for c in tqdm.tqdm(ids, desc='label histograms', unit='client'):
+    labels = [np.asarray(batch[1]).ravel() for batch in task.eval_preprocess_fn(
+        task.train_data.create_tf_dataset_for_client(c)).as_numpy_iterator()]
+    counts[c] = np.bincount(np.concatenate(labels).astype(np.int64)) if labels else np.zeros(1)
+  width = max(len(h) for h in counts.values())
+  return {c: np.pad(h, (0, width - len(h))) for c, h in counts.items()}
+
+
+def in_group(task, config, ids) -> list[str]:
+  """`ids` restricted to `--client_group` (all of them without it).
+
+  Raises:
+    ValueError: the group has no client (names the groups there are).
+  """
+  if config.client_group is None:
+    return list(ids)
+  groups = client_groups(task, config)
+  kept = [c for c in ids if groups.get(c) == config.client_group]
+  if not kept:
+    raise ValueError(f'--client_group={config.client_group!r} has no client; '
+                     f'groups: {sorted(set(groups.values()))}')
+  return kept
 
 
 def _personal_optimizer(config, learning_rate=None):
@@ -304,9 +422,11 @@ def parameter_counts(config, task=None) -> tuple[int, int]:
   return shared_n, personal_n
 
 
-def evaluation_clients(task) -> list[str]:
-  """Clients with both train and test data, the population of the report."""
-  return sorted(set(task.train_data.client_ids) & set(task.test_data.client_ids))
+def evaluation_clients(task, config=None) -> list[str]:
+  """Clients with both train and test data (in `--client_group`, if set), the
+  population of the report."""
+  ids = sorted(set(task.train_data.client_ids) & set(task.test_data.client_ids))
+  return in_group(task, config, ids) if config else ids
 
 
 def train(config: TrainConfig) -> dict:
@@ -330,7 +450,13 @@ def train(config: TrainConfig) -> dict:
     initial_personal = shared_init  # v_0 is the whole start model.
   store = client_state.ClientStateStore(
       os.path.join(config.run_dir, 'client_state.sqlite'), initial_personal)
-  runner = build_runner(config, task, named_init, store)
+  train_ids = in_group(task, config, sorted(task.train_data.client_ids))
+
+  def make_dataset(cid, seed):
+    return task.train_preprocess_fn(task.train_data.create_tf_dataset_for_client(cid), seed)
+
+  runner = build_runner(config, task, named_init, store, population=train_ids,
+                        make_dataset=make_dataset)
   shared_n, personal_n = parameter_counts(config, task)
   logging.info('%s/%s: %d shared and %d personal parameters',
                config.algorithm, config.personalization, shared_n, personal_n)
@@ -342,7 +468,7 @@ def train(config: TrainConfig) -> dict:
         task.reconstruction_model_fn, loss_fn=task.loss_fn, metrics_fn=task.metrics_fn)
   metric = task.report_metric
   heldout_ids = set(task.heldout_data.client_ids)
-  eval_ids = [c for c in evaluation_clients(task) if c in heldout_ids]
+  eval_ids = [c for c in evaluation_clients(task, config) if c in heldout_ids]
   eval_ids = sorted(np.random.default_rng(config.seed).permutation(eval_ids)[:config.eval_clients])
   eval_sets = None
 
@@ -359,11 +485,9 @@ def train(config: TrainConfig) -> dict:
     return {f'heldout_{metric}': float(np.average(df[metric], weights=df.tokens)),
             'heldout_loss': float(np.average(df.loss, weights=df.tokens))}
 
-  train_ids = sorted(task.train_data.client_ids)
   result = training_loop.run_training(
       runner, run_dir=config.run_dir, store=store, client_ids=train_ids,
-      make_dataset=lambda cid, s: task.train_preprocess_fn(
-          task.train_data.create_tf_dataset_for_client(cid), s),
+      make_dataset=make_dataset,
       total_rounds=config.total_rounds, clients_per_round=config.clients_per_round,
       seed=config.seed, rounds_per_checkpoint=config.rounds_per_checkpoint,
       rounds_per_eval=config.rounds_per_eval, eval_fn=eval_fn, progress=config.progress)
@@ -383,7 +507,7 @@ def train(config: TrainConfig) -> dict:
 
 
 def _report_clients(task, config) -> list[str]:
-  ids = evaluation_clients(task)
+  ids = evaluation_clients(task, config)
   if config.report_clients and config.report_clients < len(ids):
     ids = sorted(np.random.default_rng(config.seed).permutation(ids)[:config.report_clients])
   return ids
@@ -511,6 +635,13 @@ def write_report(config, task, evaluate, final_named, store, start_weights, *,
         'test': (ids, test_sets), 'heldout': (h_ids, h_sets)}, bar)
     base, base_heldout = base['test'], base['heldout']
   per_client, summary = evaluation.personalization_report(pers, base, metric)
+  attack = _attack(config)
+  if attack:  # Byzantine clients' own models do not count: score the honest ones.
+    byz = attack.byzantine_clients(in_group(task, config, sorted(task.train_data.client_ids)))
+    honest = [c for c in pers.index if c not in byz]
+    summary['honest'] = evaluation.personalization_report(
+        pers.loc[honest], base.loc[honest], metric)[1]
+    per_client['byzantine'] = per_client.index.isin(byz)
   # The inputs of the choice are kept, so anyone can check it saw no test data.
   per_client['heldout_personalized'] = pers_heldout[metric].reindex(per_client.index)
   per_client['heldout_baseline'] = base_heldout[metric].reindex(per_client.index)

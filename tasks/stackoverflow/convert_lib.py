@@ -519,3 +519,22 @@ def load_vocab(cache_dir: str, vocab_size: int) -> list[str]:
       word = line.rsplit(' ', 1)[0]
       vocab.append(word)
   return vocab
+
+
+def load_client_groups(cache_dir: str) -> dict[str, str]:
+  """{client id: Stack Exchange site} from the `client_groups` table `convert` writes.
+
+  Raises:
+    ValueError: the database predates the table (names the command that
+      rewrites it).
+  """
+  path = os.path.join(cache_dir, DATABASE_FILENAME)
+  with sqlite3.connect(f'file:{path}?mode=ro', uri=True) as conn:
+    try:
+      rows = conn.execute('SELECT client_id, group_id FROM client_groups').fetchall()
+    except sqlite3.OperationalError as e:
+      raise ValueError(
+          f'{path} has no client_groups table ({e}); convert the dumps again: '
+          'bazel run //runners:convert_stackexchange -- --dump_dirs=... '
+          f'--output_dir={cache_dir}') from e
+  return dict(rows)

@@ -123,4 +123,5 @@ def create_task(
       partition_name=personalization,
       partition_fn=partition_fn,
       complete_weights_fn=model_lib.untie_decoder_weights,
+      client_groups_fn=lambda: convert_lib.load_client_groups(cache_dir),
   )
