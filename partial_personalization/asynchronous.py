@@ -145,7 +145,7 @@ class AsyncRunner(training_loop.RoundRunner):
                        f'(training clients), got {self.concurrency}')
     self._sim = AsyncSimulator()
     self._slow = self.delays.slow_clients(self.population)
-    self.applied = []  # (client, start version, staleness) of every arrival: for tests, plots.
+    self.applied = []  # (client, start version, staleness, arrival time) of every arrival.
 
   def initialize(self):
     state = self.process.initialize()
@@ -167,10 +167,11 @@ class AsyncRunner(training_loop.RoundRunner):
     delay = self.delays.sample(client_id, self._sim.starts, client_id in self._slow)
     self._sim.start(client_id, version, delay, output)
 
-  def _idle_client(self, round_num, index) -> str:
+  def _idle_client(self, round_num, index, warm_up=False) -> str:
     busy = self._sim.in_flight()
     idle = [c for c in self.population if c not in busy]
-    return idle[np.random.default_rng([self.seed, round_num, index, 3]).integers(len(idle))]
+    rng = np.random.default_rng([self.seed, round_num, index, int(warm_up), 3])
+    return idle[rng.integers(len(idle))]
 
   def run_round(self, state, round_num, client_ids, datasets):
     del datasets  # Started one by one, each from the u of its start.
@@ -182,7 +183,7 @@ class AsyncRunner(training_loop.RoundRunner):
                         'flight are lost; %d new ones start from the resumed model.',
                         round_num, self.concurrency)
       for i in range(self.concurrency):
-        self._start(state, self._idle_client(round_num, -1 - i), version, round_num)
+        self._start(state, self._idle_client(round_num, i, warm_up=True), version, round_num)
     metrics, staleness = [], []
     for j, next_client in enumerate(client_ids):
       arrival = self._sim.pop()
@@ -194,7 +195,7 @@ class AsyncRunner(training_loop.RoundRunner):
       if not self.stateless:
         self.store.write(round_num, [arrival.client_id],
                          [arrival.output['personal_weights']])
-      self.applied.append((arrival.client_id, arrival.start_version, stale))
+      self.applied.append((arrival.client_id, arrival.start_version, stale, arrival.finish_time))
       metrics.append(training_loop.flatten_metrics(step_metrics))
       staleness.append(stale)
       if next_client in self._sim.in_flight():
