@@ -115,3 +115,18 @@ def plot_accuracy_vs_parameters(table: pd.DataFrame, path: str) -> None:
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
+
+
+def plot_training_curves(metrics: dict[str, pd.DataFrame], path: str,
+                         column: str = 'train/client_work/loss') -> None:
+  """Training loss (mean over the round's clients) per round, one line per run."""
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  for name, df in metrics.items():
+    if column in df:
+      ax.plot(df['round'], df[column], marker='.', label=name)
+  ax.set(xlabel='round', ylabel=column.rsplit('/', 1)[-1] + ' (sampled clients)',
+         title='training loss per round')
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)

@@ -3,12 +3,14 @@
   bazel run //runners:experiment_grid -- --output_dir=output/grid
   bazel run //runners:experiment_grid -- --task=emnist --output_dir=output/emnist_grid \
       --cells='fed*_head_stateful,fed*_adapter_stateful'
+  bazel run //runners:experiment_grid -- --study=ffgg --output_dir=output/ffgg_study
 
 1. Prepares the data once: converts the Stack Exchange dumps (`--dump_dirs`,
    as the main job does) or LEAF FEMNIST (`--femnist_dir`); GLDv2 is read
    from `--cache_dir`.
 2. FedAvg pretraining, then FedAvg for `--rounds` more: the non-personalized row.
-3. Each cell of `grid_lib.paper_cells` (`--cells` globs select some), from the
+3. Each cell of `grid_lib.paper_cells` (or `ffgg_cells` with `--study=ffgg`;
+   `--cells` globs select some), from the
    pretrained model for `--rounds` rounds, and its per-client report against
    that FedAvg model (mean, std, percentiles, helped/hurt, heldout gating).
 4. Writes `table.csv`, `table.md`, `delta_vs_train_size.png`,
@@ -64,6 +66,16 @@ _REPORT_CLIENTS = flags.DEFINE_integer('report_clients', 0,
 _PARTITIONS = flags.DEFINE_list('partitions', None, 'Grid partitions (default: all of the '
                                 'task\'s: ' + '; '.join(f'{t}: {",".join(p)}' for t, p in
                                                        grid_lib.PARTITIONS.items()) + ').')
+_STUDY = flags.DEFINE_enum('study', 'paper', list(grid_lib.STUDIES),
+                           'paper: the partial-personalization grid of Pillutla et al.; ffgg: '
+                           'FFGG vs FedAlt, and mean vs median with bucketing under attack.')
+_FFGG_SERVER_LR = flags.DEFINE_float('ffgg_server_learning_rate', 1.0,
+                                     'ffgg study: FFGG\'s server step size gamma.')
+_BYZANTINE_FRACTION = flags.DEFINE_float('byzantine_fraction', 0.2,
+                                         'ffgg study: fraction of Byzantine clients.')
+_ATTACK_SCALE = flags.DEFINE_float('attack_scale', 1.0,
+                                   'ffgg study: Byzantine clients send -scale * update.')
+_BUCKET_SIZE = flags.DEFINE_integer('bucket_size', 2, 'ffgg study: bucket size of the median.')
 _CELLS = flags.DEFINE_list('cells', [], 'Glob patterns of cell names to run (default: all).')
 _NUM_SHARDS = flags.DEFINE_integer('num_shards', 1, 'Split the cells across this many processes.')
 _SHARD_INDEX = flags.DEFINE_integer('shard_index', 0, 'Which split this process runs.')
@@ -115,9 +127,15 @@ def _run():
       max_examples_per_client=_MAX_EXAMPLES.value or max_examples,
       report_clients=_REPORT_CLIENTS.value, seed=_SEED.value,
       rounds_per_checkpoint=5, progress=_PROGRESS.value)
-  all_cells = grid_lib.paper_cells(
-      task=_TASK.value, partitions=_PARTITIONS.value, finetune_epochs=_FINETUNE_EPOCHS.value,
-      ditto_lambda=_DITTO_LAMBDA.value, pfedme_lambda=_PFEDME_LAMBDA.value)
+  study = dict(task=_TASK.value, finetune_epochs=_FINETUNE_EPOCHS.value,
+               ditto_lambda=_DITTO_LAMBDA.value, pfedme_lambda=_PFEDME_LAMBDA.value)
+  if _STUDY.value == 'paper':
+    all_cells = grid_lib.paper_cells(partitions=_PARTITIONS.value, **study)
+  else:
+    all_cells = grid_lib.ffgg_cells(
+        ffgg_server_learning_rate=_FFGG_SERVER_LR.value,
+        byzantine_fraction=_BYZANTINE_FRACTION.value, attack_scale=_ATTACK_SCALE.value,
+        bucket_size=_BUCKET_SIZE.value, **study)
   cells = grid_lib.select(all_cells, _CELLS.value)[_SHARD_INDEX.value::_NUM_SHARDS.value]
   with flags_lib.tff_runtime():
     grid_lib.train_baseline(common, pretrain_rounds=_PRETRAIN_ROUNDS.value,

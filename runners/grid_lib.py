@@ -106,6 +106,42 @@ def paper_cells(*, task: str = 'stackoverflow', partitions: Optional[Sequence[st
   return cells
 
 
+def ffgg_cells(*, task: str = 'stackoverflow', ffgg_server_learning_rate: float = 1.0,
+               byzantine_fraction: float = 0.2, attack_scale: float = 1.0,
+               bucket_size: int = 2, **unused) -> list[Cell]:
+  """The FFGG study (Mishchenko et al., TMLR 2025) on the task's default partition.
+
+  FedAlt (1 epoch on v, 1 on u) against FFGG (1 full-batch step on v, then
+  one gradient of u) use the same client compute: two passes over the client's
+  data. Then, with `byzantine_fraction` of the clients sending their update
+  flipped (times `attack_scale`), mean aggregation against coordinate-wise
+  median with bucketing, for FFGG and FedAlt.
+  """
+  del unused
+  if task not in PARTITIONS:
+    raise ValueError(f'unknown task {task!r}; choose from {sorted(PARTITIONS)}')
+  part = 'last_block' if task == 'stackoverflow' else 'head'  # The task's default.
+  ffgg = dict(algorithm='ffgg', tau_v=1, server_learning_rate=ffgg_server_learning_rate)
+  fedalt = dict(algorithm='fedalt', tau_v=1, tau_u=1)
+  attack = dict(byzantine_fraction=byzantine_fraction, attack='flip', attack_scale=attack_scale)
+  robust = dict(aggregator='median', bucket_size=bucket_size)
+  label = f'{byzantine_fraction:.0%} flipping'
+  return [
+      Cell('fedalt', 'no attack', 'FedAlt', part, True, fedalt),
+      Cell('ffgg', 'no attack', 'FFGG', part, True, ffgg),
+      Cell('ffgg_flip_mean', label, 'FFGG, mean', part, True, {**ffgg, **attack}),
+      Cell('ffgg_flip_median', label, f'FFGG, median, buckets of {bucket_size}', part,
+           True, {**ffgg, **attack, **robust}),
+      Cell('fedalt_flip_mean', label, 'FedAlt, mean', part, True, {**fedalt, **attack}),
+      Cell('fedalt_flip_median', label, f'FedAlt, median, buckets of {bucket_size}',
+           part, True, {**fedalt, **attack, **robust}),
+  ]
+
+
+# `--study` of the experiment grid -> its cells.
+STUDIES = {'paper': paper_cells, 'ffgg': ffgg_cells}
+
+
 def select(cells: Sequence[Cell], patterns: Sequence[str]) -> list[Cell]:
   """Cells whose name matches any glob pattern (all if none given)."""
   if not patterns:
@@ -222,6 +258,9 @@ def results_table(cells: Sequence[Cell], summaries: dict[str, dict]) -> pd.DataF
            'state': '' if cell.stateful is None else ('stateful' if cell.stateful else 'stateless'),
            'personal_parameters': s.get('personal_parameters'), 'clients': s['clients']}
     row.update({c: s.get(c) for c in _COLUMNS})
+    if 'honest' in s:  # Runs with Byzantine clients: their honest clients alone.
+      row.update({f'honest_{k}': s['honest'][f'personalized_{k}'] for k in ('mean', 'p10')})
+      row['honest_clients'] = s['honest']['clients']
     rows.append(row)
   return pd.DataFrame(rows)
 
@@ -231,16 +270,22 @@ def markdown_table(table: pd.DataFrame) -> str:
   def pct(x, digits=2):
     return '' if pd.isna(x) else f'{x:.{digits}%}'
 
+  honest = 'honest_mean' in table and table.honest_mean.notna().any()
+  extra = ' honest mean | honest p10 |' if honest else ''
   lines = ['| group | method | personal part | state | personal params | mean | p10 | '
-           'helped | hurt | gated mean | gated p10 | gated hurt |', '|' + '---|' * 12]
+           'helped | hurt | gated mean | gated p10 | gated hurt |' + extra,
+           '|' + '---|' * (14 if honest else 12)]
   for _, r in table.iterrows():
-    lines.append(
+    line = (
         f"| {r.group} | {r.method} | {r.partition} | {r.state} | "
         f"{int(r.personal_parameters):,} | {pct(r.personalized_mean)} | "
         f"{pct(r.personalized_p10)} | {pct(r.get('helped_fraction'), 1)} | "
         f"{pct(r.get('hurt_fraction'), 1)} | "
         f"{pct(r.get('gated_personalized_mean'))} | {pct(r.get('gated_personalized_p10'))} | "
         f"{pct(r.get('gated_hurt_fraction'), 1)} |")
+    if honest:
+      line += f" {pct(r.get('honest_mean'))} | {pct(r.get('honest_p10'))} |"
+    lines.append(line)
   return '\n'.join(lines)
 
 
@@ -276,5 +321,8 @@ def write_outputs(cells: Sequence[Cell], common: dict, rounds: int) -> tuple[pd.
     plots.plot_delta_vs_train_size(frames, os.path.join(out, 'delta_vs_train_size.png'))
     plots.plot_delta_histograms(frames, os.path.join(out, 'delta_histograms.png'))
     plots.plot_accuracy_vs_parameters(table, os.path.join(out, 'accuracy_vs_parameters.png'))
+    curves = {name: pd.read_csv(os.path.join(out, name, 'metrics.csv')) for name in frames
+              if os.path.exists(os.path.join(out, name, 'metrics.csv'))}
+    plots.plot_training_curves(curves, os.path.join(out, 'training_loss.png'))
   return table, markdown
 
