@@ -130,3 +130,31 @@ def plot_training_curves(metrics: dict[str, pd.DataFrame], path: str,
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
+
+
+def plot_group_personalization(per_client: pd.DataFrame, variants: list[str], path: str,
+                               metric: str = 'accuracy') -> None:
+  """Left: per-client CDF of each model's accuracy. Right: per-client change
+  against the global model, by variant (one dot per client)."""
+  fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+  for variant in variants:
+    values = per_client[variant].dropna().sort_values()
+    left.plot(values * 100, (range(1, len(values) + 1)), label=variant.replace('_', ' + '))
+  left.set(xlabel=f'test {metric} (%)', ylabel='clients at or below',
+           title='per-client accuracy of each model')
+  left.legend()
+  others = [v for v in variants if v != 'global']
+  for i, variant in enumerate(others):
+    delta = (per_client[variant] - per_client['global']).dropna() * 100
+    jitter = (pd.Series(range(len(delta)), index=delta.index) % 7 - 3) * 0.04
+    right.scatter(i + jitter, delta, s=10, alpha=0.6,
+                  c=['tab:red' if d < 0 else 'tab:blue' for d in delta])
+    right.text(i, delta.max() if len(delta) else 0,
+               f'hurt {int((delta < -100 * evaluation.TOLERANCE).sum())}/{len(delta)}',
+               ha='center', va='bottom', fontsize=8)
+  right.axhline(0, color='k', lw=1)
+  right.set_xticks(range(len(others)), [v.replace('_', ' + ') for v in others])
+  right.set(ylabel=f'{metric} change vs global (points)', title='per-client change')
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
