@@ -30,10 +30,15 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 RULES = ('mean', 'median', 'trimmed_mean')
+# Seed offset of the canonical row order (see `_bucket_means`).
+PROJECTION_SEED_OFFSET = (7919, 0)
 
 
 def _bucket_means(values, weights, bucket_size, seed):
   """Shuffles the rows (seeded) and averages them in buckets of `bucket_size`.
+
+  The rows are first put in a canonical order (by their projection on a
+  seeded random direction), then permuted by `stateless_uniform(seed)` ranks.
 
   Args:
     values: float32[n, P]; weights: float32[n]; seed: int64[2] stateless seed.
@@ -43,6 +48,12 @@ def _bucket_means(values, weights, bucket_size, seed):
     the last bucket holds the n mod s remaining rows when s does not divide n.
   """
   n = tf.shape(values)[0]
+  # Rows arrive in whatever order the runtime aggregates them (executors and
+  # devices differ); a canonical order first (by a random projection of the
+  # row) makes the buckets a function of the updates and the seed alone.
+  projection = tf.random.stateless_normal([tf.shape(values)[1]], seed + PROJECTION_SEED_OFFSET)
+  canonical = tf.argsort(tf.linalg.matvec(values, projection))
+  values, weights = tf.gather(values, canonical), tf.gather(weights, canonical)
   order = tf.argsort(tf.random.stateless_uniform([n], seed))
   bucket = tf.range(n) // bucket_size
   num_buckets = (n + bucket_size - 1) // bucket_size

@@ -24,6 +24,7 @@ from partial_personalization import accelerated_context
 from partial_personalization import client_state
 from partial_personalization import partition as partition_lib
 from partial_personalization import personalized_process
+from partial_personalization import robust_aggregators
 from partial_personalization import remote_context
 from partial_personalization import runtime
 from partial_personalization import training_loop
@@ -86,6 +87,11 @@ def processes():
         reconstruction_model_fn, loss_fn=loss_fn,
         metrics_fn=lambda: [tf.keras.metrics.SparseCategoricalAccuracy()],
         algorithm=algorithm, client_optimizer=sgd(0.1), personal_optimizer=sgd(0.05))
+  # FFGG with a robust aggregator: its [?, P] accumulator on every executor.
+  built['ffgg_median'] = personalized_process.build_personalized_process(
+      reconstruction_model_fn, loss_fn=loss_fn, algorithm='ffgg', client_optimizer=sgd(0.1),
+      personal_optimizer=sgd(0.05),
+      model_aggregator=robust_aggregators.RobustAggregationFactory('median', bucket_size=2))
   return built
 
 
@@ -160,7 +166,7 @@ def local_runs(processes, tmp_path_factory):
           for name, p in processes.items()}
 
 
-@pytest.mark.parametrize('algorithm', ['fedavg', 'fedalt', 'fedsim'])
+@pytest.mark.parametrize('algorithm', ['fedavg', 'fedalt', 'fedsim', 'ffgg_median'])
 def test_accelerated_matches_local(algorithm, processes, local_runs, tmp_path):
   devices = tuple(d.name for d in tf.config.list_logical_devices('CPU'))
   assert len(devices) == 3, 'conftest.py makes three logical CPUs'
@@ -194,7 +200,7 @@ def test_accelerated_rejects_unknown_device():
 
 
 def test_remote_matches_local(processes, local_runs, workers, tmp_path):
-  for algorithm in ('fedavg', 'fedalt'):
+  for algorithm in ('fedavg', 'fedalt', 'ffgg_median'):
     run = run_rounds(processes[algorithm],
                      runtime.ExecutorConfig('remote', workers=tuple(workers)), tmp_path)
     assert_same_runs(local_runs[algorithm], run)

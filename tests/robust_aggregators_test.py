@@ -29,6 +29,16 @@ def _aggregate(factory, updates=UPDATES, weights=WEIGHTS, rounds=1):
   return [np.asarray(t) for t in output.result], output.measurements
 
 
+def _bucket_order(values, seed):
+  """The spec of the bucketing shuffle: canonical order by a seeded random
+  projection of each row, then a seeded permutation."""
+  projection = tf.random.stateless_normal(
+      [values.shape[1]], tf.constant(np.add(seed, ra.PROJECTION_SEED_OFFSET), tf.int64)).numpy()
+  canonical = np.argsort(values @ projection, kind='stable')
+  return canonical[np.argsort(tf.random.stateless_uniform(
+      [len(values)], tf.constant(seed, tf.int64)).numpy())]
+
+
 def _close(result, expected):
   np.testing.assert_allclose(np.concatenate(result), np.concatenate(expected), rtol=1e-6)
 
@@ -58,8 +68,7 @@ def test_mean_rule_is_weighted():
 
 def test_bucketing_averages_shuffled_buckets_then_applies_the_rule():
   values = np.array([np.concatenate(u) for u in UPDATES], np.float32)
-  seed = (5, 0)  # factory seed 5, round 0
-  order = np.argsort(tf.random.stateless_uniform([4], tf.constant(seed, tf.int64)).numpy())
+  order = _bucket_order(values, (5, 0))  # factory seed 5, round 0
   buckets = [values[order[:2]].mean(0), values[order[2:]].mean(0)]
   expected = 0.5 * (buckets[0] + buckets[1])  # median of two buckets
   result, measurements = _aggregate(ra.RobustAggregationFactory('median', bucket_size=2, seed=5))
@@ -78,13 +87,22 @@ def test_bucketing_reshuffles_every_round():
                                         seed=5)
   results = []
   for round_num in (0, 1, 2):
-    order = np.argsort(tf.random.stateless_uniform(
-        [4], tf.constant((5, round_num), tf.int64)).numpy())
+    order = _bucket_order(values, (5, round_num))
     expected = 0.5 * (values[order[:3]].mean(0) + values[order[3]])
     result, _ = _aggregate(factory, rounds=round_num + 1)
     np.testing.assert_allclose(np.concatenate(result), expected, rtol=1e-6)
     results.append(tuple(np.round(expected, 4)))
   assert len(set(results)) > 1  # The seed (5, round) gives other buckets.
+
+
+def test_bucketing_ignores_the_order_clients_arrive_in():
+  factory = ra.RobustAggregationFactory('trimmed_mean', trim_fraction=0.25, bucket_size=3,
+                                        seed=5)
+  result, _ = _aggregate(factory)
+  for permutation in ([3, 2, 1, 0], [1, 3, 0, 2]):
+    other, _ = _aggregate(factory, [UPDATES[i] for i in permutation],
+                          [WEIGHTS[i] for i in permutation])
+    np.testing.assert_allclose(np.concatenate(other), np.concatenate(result), rtol=1e-6)
 
 
 @pytest.mark.parametrize('kwargs,error', [
