@@ -106,7 +106,7 @@ def paper_cells(*, task: str = 'stackoverflow', partitions: Optional[Sequence[st
   return cells
 
 
-def ffgg_cells(*, task: str = 'stackoverflow', ffgg_server_learning_rate: float = 1.0,
+def ffgg_cells(*, task: str = 'stackoverflow', ffgg_server_learning_rate: float = 0.3,
                byzantine_fraction: float = 0.2, attack_scale: float = 1.0,
                bucket_size: int = 2, **unused) -> list[Cell]:
   """The FFGG study (Mishchenko et al., TMLR 2025) on the task's default partition.
