@@ -74,8 +74,9 @@ _FFGG_SERVER_LR = flags.DEFINE_float(
     'trained best of 0.1, 0.3, 1 over 4 rounds on the Stack Exchange data; 1 diverged).')
 _BYZANTINE_FRACTION = flags.DEFINE_float('byzantine_fraction', 0.2,
                                          'ffgg study: fraction of Byzantine clients.')
-_ATTACK_SCALE = flags.DEFINE_float('attack_scale', 1.0,
-                                   'ffgg study: Byzantine clients send -scale * update.')
+_ATTACK_SCALES = flags.DEFINE_list('attack_scales', ['1', '5'],
+                                   'ffgg study: Byzantine clients send -scale * update; one '
+                                   'set of attack cells per scale.')
 _BUCKET_SIZE = flags.DEFINE_integer('bucket_size', 2, 'ffgg study: bucket size of the median.')
 _CELLS = flags.DEFINE_list('cells', [], 'Glob patterns of cell names to run (default: all).')
 _NUM_SHARDS = flags.DEFINE_integer('num_shards', 1, 'Split the cells across this many processes.')
@@ -135,7 +136,8 @@ def _run():
   else:
     all_cells = grid_lib.ffgg_cells(
         ffgg_server_learning_rate=_FFGG_SERVER_LR.value,
-        byzantine_fraction=_BYZANTINE_FRACTION.value, attack_scale=_ATTACK_SCALE.value,
+        byzantine_fraction=_BYZANTINE_FRACTION.value,
+        attack_scales=[float(x) for x in _ATTACK_SCALES.value],
         bucket_size=_BUCKET_SIZE.value, **study)
   cells = grid_lib.select(all_cells, _CELLS.value)[_SHARD_INDEX.value::_NUM_SHARDS.value]
   with flags_lib.tff_runtime():

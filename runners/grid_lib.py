@@ -107,15 +107,16 @@ def paper_cells(*, task: str = 'stackoverflow', partitions: Optional[Sequence[st
 
 
 def ffgg_cells(*, task: str = 'stackoverflow', ffgg_server_learning_rate: float = 0.3,
-               byzantine_fraction: float = 0.2, attack_scale: float = 1.0,
+               byzantine_fraction: float = 0.2, attack_scales: Sequence[float] = (1.0, 5.0),
                bucket_size: int = 2, **unused) -> list[Cell]:
   """The FFGG study (Mishchenko et al., TMLR 2025) on the task's default partition.
 
   FedAlt (1 epoch on v, 1 on u) against FFGG (1 full-batch step on v, then
   one gradient of u) use the same client compute: two passes over the client's
   data. Then, with `byzantine_fraction` of the clients sending their update
-  flipped (times `attack_scale`), mean aggregation against coordinate-wise
-  median with bucketing, for FFGG and FedAlt.
+  flipped and multiplied by each of `attack_scales`, mean aggregation against
+  coordinate-wise median with bucketing, for FFGG and FedAlt. Cell names carry
+  the scale when it is not 1 (`ffgg_flip5_median`).
   """
   del unused
   if task not in PARTITIONS:
@@ -123,19 +124,21 @@ def ffgg_cells(*, task: str = 'stackoverflow', ffgg_server_learning_rate: float 
   part = 'last_block' if task == 'stackoverflow' else 'head'  # The task's default.
   ffgg = dict(algorithm='ffgg', tau_v=1, server_learning_rate=ffgg_server_learning_rate)
   fedalt = dict(algorithm='fedalt', tau_v=1, tau_u=1)
-  attack = dict(byzantine_fraction=byzantine_fraction, attack='flip', attack_scale=attack_scale)
   robust = dict(aggregator='median', bucket_size=bucket_size)
-  label = f'{byzantine_fraction:.0%} flipping'
-  return [
-      Cell('fedalt', 'no attack', 'FedAlt', part, True, fedalt),
-      Cell('ffgg', 'no attack', 'FFGG', part, True, ffgg),
-      Cell('ffgg_flip_mean', label, 'FFGG, mean', part, True, {**ffgg, **attack}),
-      Cell('ffgg_flip_median', label, f'FFGG, median, buckets of {bucket_size}', part,
-           True, {**ffgg, **attack, **robust}),
-      Cell('fedalt_flip_mean', label, 'FedAlt, mean', part, True, {**fedalt, **attack}),
-      Cell('fedalt_flip_median', label, f'FedAlt, median, buckets of {bucket_size}',
-           part, True, {**fedalt, **attack, **robust}),
-  ]
+  cells = [Cell('fedalt', 'no attack', 'FedAlt', part, True, fedalt),
+           Cell('ffgg', 'no attack', 'FFGG', part, True, ffgg)]
+  for scale in attack_scales:
+    attack = dict(byzantine_fraction=byzantine_fraction, attack='flip', attack_scale=scale)
+    tag = 'flip' if scale == 1 else f'flip{scale:g}'
+    label = f'{byzantine_fraction:.0%} send -{scale:g} x update'
+    for name, method, settings in (('ffgg', 'FFGG', ffgg), ('fedalt', 'FedAlt', fedalt)):
+      cells += [
+          Cell(f'{name}_{tag}_mean', label, f'{method}, mean', part, True,
+               {**settings, **attack}),
+          Cell(f'{name}_{tag}_median', label, f'{method}, median, buckets of {bucket_size}',
+               part, True, {**settings, **attack, **robust}),
+      ]
+  return cells
 
 
 # `--study` of the experiment grid -> its cells.
