@@ -8,7 +8,7 @@ Rules (applied coordinate-wise to the flattened updates of the clients):
 each optionally after bucketing (Karimireddy, He, Jaggi, "Byzantine-robust
 learning on heterogeneous datasets via bucketing", ICLR 2022): shuffle the
 client updates, average them in buckets of `bucket_size`, apply the rule to the
-bucket means. Mishchenko et al. (TMLR 2025, Sec. 4) use these for FFGG's
+bucket means. Mishchenko et al. (TMLR 2025) use these for FFGG's
 Byzantine-robust variant.
 
 A robust rule needs every update at the server, so the factory gathers them
