@@ -22,12 +22,11 @@ numbers differ from an uninterrupted run.
 import dataclasses
 import heapq
 import zlib
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Sequence
 
 from absl import logging
 import numpy as np
 
-from partial_personalization import client_state
 from partial_personalization import training_loop
 
 DISTRIBUTIONS = ('exponential', 'uniform', 'constant')
@@ -119,27 +118,26 @@ def scale_update(output: dict, factor: float) -> dict:
   return {**output, 'shared_update': [factor * np.asarray(u) for u in output['shared_update']]}
 
 
-@dataclasses.dataclass
-class AsyncRunner(training_loop.RoundRunner):
+@dataclasses.dataclass(kw_only=True)
+class AsyncRunner(training_loop.PersonalizedRunner):
   """Asynchronous rounds of a `PersonalizedProcess` (see the module docstring).
 
-  `run_round` gets the round's sampled clients as the clients to start after
-  each arrival; one already in flight is replaced by a seeded draw of an idle
-  client.
+  Starts, personal state and the global model work as in `PersonalizedRunner`
+  (attacks are not simulated here). `run_round` gets the round's sampled
+  clients as the clients to start after each arrival; one already in flight is
+  replaced by a seeded draw of an idle client.
   """
 
-  process: Any  # personalized_process.PersonalizedProcess
-  store: client_state.ClientStateStore
   population: Sequence[str]
   make_dataset: Callable[[str, int], Any]
   delays: DelayModel
   concurrency: int
   seed: int = 0
   delay_adaptive: bool = False
-  stateless: bool = False
-  initial_shared: Optional[Any] = None
 
   def __post_init__(self):
+    if self.attack is not None:
+      raise ValueError('simulated attacks are not supported in asynchronous runs')
     if not 1 <= self.concurrency <= len(self.population):
       raise ValueError(f'--async_concurrency must be in [1, {len(self.population)}] '
                        f'(training clients), got {self.concurrency}')
@@ -147,20 +145,9 @@ class AsyncRunner(training_loop.RoundRunner):
     self._slow = self.delays.slow_clients(self.population)
     self.applied = []  # (client, start version, staleness, arrival time) of every arrival.
 
-  def initialize(self):
-    state = self.process.initialize()
-    if self.initial_shared is not None:
-      state = self.process.set_model_weights(state, self.initial_shared)
-    return state
-
-  def global_weights(self, state):
-    return self.process.get_model_weights(state)
-
   def _start(self, state, client_id, version, round_num):
-    if self.stateless:
-      personal = [self.store.initial]
-    else:  # Its latest v_i, also one written earlier in this round.
-      personal = self.store.read([client_id], before_round=round_num + 1)
+    # Its latest v_i, also one written earlier in this round.
+    personal = self.read_personal([client_id], round_num + 1)
     dataset = self.make_dataset(client_id, training_loop.dataset_seed(
         self.seed, round_num, self._sim.starts))
     output = self.process.client_step(state, personal, [dataset])[0]

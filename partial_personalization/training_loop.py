@@ -118,11 +118,15 @@ class PersonalizedRunner(RoundRunner):
       state = self.process.set_model_weights(state, self.initial_shared)
     return state
 
-  def run_round(self, state, round_num, client_ids, datasets):
+  def read_personal(self, client_ids, before_round: int) -> list:
+    """v_i of each client: the latest stored before `before_round`, or v_0
+    when stateless."""
     if self.stateless:
-      personal = [self.store.initial] * len(client_ids)
-    else:
-      personal = self.store.read(client_ids, before_round=round_num)
+      return [self.store.initial] * len(client_ids)
+    return self.store.read(client_ids, before_round=before_round)
+
+  def run_round(self, state, round_num, client_ids, datasets):
+    personal = self.read_personal(client_ids, round_num)
     attackers = [i for i, c in enumerate(client_ids) if c in self.byzantine_ids]
     # Split rounds: the remote executor (no client work twice) and attacks.
     if runtime.splits_rounds() or (self.attack and attackers):

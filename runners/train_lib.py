@@ -150,6 +150,8 @@ class TrainConfig:
       raise ValueError('--byzantine_fraction and --asynchronous need one of '
                        f'{personalized_process.ALGORITHMS} (fedavg: fedsim with '
                        '--personalization=none)')
+    if self.byzantine_fraction and self.asynchronous:
+      raise ValueError('--byzantine_fraction is not simulated with --asynchronous; use one')
     if self.aggregator != 'mean' and self.algorithm == 'fedrecon':
       raise ValueError('--aggregator is not wired into fedrecon')
     robust_aggregators.build_robust_aggregator(  # Checks the settings.
