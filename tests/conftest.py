@@ -25,6 +25,24 @@ def shared_data_dir() -> str:
   return os.path.join(os.path.dirname(repo), 'shared', 'data')
 
 
+# Two small real Stack Exchange sites: with 80 sentences per client, 8 clients.
+TWO_SITES = ('coffee.meta.stackexchange.com', 'conlang.meta.stackexchange.com')
+TWO_SITES_CLIENTS = 8
+
+
+@pytest.fixture(scope='session')
+def two_sites_cache_dir(tmp_path_factory) -> str:
+  """TWO_SITES converted once per test session (read-only for the tests)."""
+  from tasks.stackoverflow import convert_lib  # pylint: disable=g-import-not-at-top
+  root = os.path.join(shared_data_dir(), 'stackexchange')
+  if not os.path.isdir(root):
+    pytest.fail(f'real data not found at {root}; set SHARED_DATA_DIR')
+  out = str(tmp_path_factory.mktemp('so_two_sites'))
+  stats = convert_lib.convert([os.path.join(root, s) for s in TWO_SITES], out, min_examples=80)
+  assert stats.sites == 2 and stats.clients_kept == TWO_SITES_CLIENTS
+  return out
+
+
 @pytest.fixture(scope='session', autouse=True)
 def _tff_shutdown():
   yield

@@ -11,23 +11,15 @@ import pytest
 from partial_personalization import training_loop
 from runners import grid_lib
 from runners import train_lib
-from tasks.stackoverflow import convert_lib
 import conftest
 
-# With 80 sentences per client, 8 clients of both sites are kept: all train every round.
-CLIENTS = 8
-SITES = ('coffee.meta.stackexchange.com', 'conlang.meta.stackexchange.com')
+# All 8 clients of both sites train every round.
+CLIENTS = conftest.TWO_SITES_CLIENTS
 
 
-@pytest.fixture(scope='module')
-def cache_dir(tmp_path_factory):
-  root = os.path.join(conftest.shared_data_dir(), 'stackexchange')
-  if not os.path.isdir(root):
-    pytest.fail(f'real data not found at {root}; set SHARED_DATA_DIR')
-  out = str(tmp_path_factory.mktemp('so'))
-  stats = convert_lib.convert([os.path.join(root, s) for s in SITES], out, min_examples=80)
-  assert stats.sites == 2 and stats.clients_kept == CLIENTS
-  return out
+@pytest.fixture
+def cache_dir(two_sites_cache_dir):
+  return two_sites_cache_dir
 
 
 def _config(cache_dir, out, name, **kwargs):

@@ -13,17 +13,12 @@ from runners import train_lib
 from tasks.stackoverflow import convert_lib
 import conftest
 
-SITES = ('coffee.meta.stackexchange.com', 'conlang.meta.stackexchange.com')
+SITES = conftest.TWO_SITES
 
 
-@pytest.fixture(scope='module')
-def cache_dir(tmp_path_factory):
-  root = os.path.join(conftest.shared_data_dir(), 'stackexchange')
-  if not os.path.isdir(root):
-    pytest.fail(f'real data not found at {root}; set SHARED_DATA_DIR')
-  out = str(tmp_path_factory.mktemp('so'))
-  convert_lib.convert([os.path.join(root, s) for s in SITES], out, min_examples=80)
-  return out
+@pytest.fixture
+def cache_dir(two_sites_cache_dir):
+  return two_sites_cache_dir
 
 
 def _common(cache_dir, out):
