@@ -21,7 +21,6 @@ import os
 import re
 from typing import Callable, Optional
 
-import numpy as np
 import pandas as pd
 import tqdm
 
@@ -29,7 +28,6 @@ from partial_personalization import evaluation
 from partial_personalization import personalized_process
 from partial_personalization import plots
 from partial_personalization import runtime
-from partial_personalization import training_loop
 from runners import train_lib
 
 VARIANTS = ('global', 'global_local', 'global_group', 'global_group_local')
@@ -128,10 +126,7 @@ def _finetune_and_evaluate(common: dict, settings: GroupSettings, model_dirs: di
                    finetune_epochs=settings.finetune_epochs, finetune_personalization=part)
   task = train_lib.create_task(config, personalization=part)
   metric = task.report_metric
-  finetune = personalized_process.build_personal_finetuning(
-      task.reconstruction_model_fn, loss_fn=task.loss_fn,
-      optimizer=train_lib._personal_optimizer(config, config.finetune_learning_rate),  # pylint: disable=protected-access
-      tau=settings.finetune_epochs, local_unit=config.local_unit)
+  finetune = train_lib.build_finetuning(config, task, settings.finetune_epochs)
   evaluate = personalized_process.build_personalized_evaluation(
       task.reconstruction_model_fn, loss_fn=task.loss_fn, metrics_fn=task.metrics_fn)
   start, tuned = [], []
@@ -143,19 +138,12 @@ def _finetune_and_evaluate(common: dict, settings: GroupSettings, model_dirs: di
       named = task.complete_weights_fn(train_lib.load_init_weights(model_dirs[key]),
                                        task.partition.shapes)
       u, v0 = task.partition.split(named)
-      test_sets = [task.eval_preprocess_fn(task.test_data.create_tf_dataset_for_client(c))
-                   for c in ids]
+      test_sets = train_lib.eval_datasets(task, task.test_data, ids)
       start.append(evaluation.evaluate_clients(evaluate, u, [v0] * len(ids), test_sets, ids,
                                                metric, progress=bar.update))
-      personal = []
+      personal = [v0] * len(ids)
       if settings.finetune_epochs:
-        train_sets = [task.train_preprocess_fn(
-            task.train_data.create_tf_dataset_for_client(c),
-            training_loop.dataset_seed(config.seed, 0, i)) for i, c in enumerate(ids)]
-        for s in range(0, len(ids), 64):
-          personal += finetune(u, [v0] * len(ids[s:s + 64]), train_sets[s:s + 64])
-      else:
-        personal = [v0] * len(ids)
+        personal = train_lib.finetune_clients(finetune, task, config, u, personal, ids)
       tuned.append(evaluation.evaluate_clients(evaluate, u, personal, test_sets, ids, metric,
                                                progress=bar.update))
   return pd.concat(start), pd.concat(tuned)
@@ -184,10 +172,7 @@ def local_stage(common: dict, settings: GroupSettings, global_dir: str,
                   groups=settings.groups)
   task = train_lib.create_task(probe)
   groups = train_lib.client_groups(task, probe)
-  ids = [c for c in train_lib.evaluation_clients(task) if c in groups]
-  if common.get('report_clients'):
-    ids = sorted(np.random.default_rng(common.get('seed', 0)).permutation(ids)[
-        :common['report_clients']])
+  ids = train_lib.report_client_ids(task, probe)
   metric = task.report_metric
   if settings.local_algorithm == 'finetune':
     _restart_runtime()

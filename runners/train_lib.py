@@ -313,14 +313,14 @@ def build_runner(config, task, named_init, store, *, population=None,
     process = tff.learning.algorithms.build_fed_recon(
         task.reconstruction_model_fn, loss_fn=task.loss_fn, metrics_fn=task.metrics_fn,
         client_optimizer_fn=client_opt, server_optimizer_fn=server_opt,
-        reconstruction_optimizer_fn=_personal_optimizer(config),
+        reconstruction_optimizer_fn=personal_optimizer(config),
         dataset_split_fn=tff.learning.models.ReconstructionModel.build_dataset_split_fn(
             recon_epochs=config.tau_v, post_recon_epochs=config.tau_u, split_dataset=False))
     return training_loop.FedAvgRunner(process, initial_weights=shared)
   process = personalized_process.build_personalized_process(
       task.reconstruction_model_fn, loss_fn=task.loss_fn, metrics_fn=task.metrics_fn,
       algorithm=config.algorithm, client_optimizer=client_opt,
-      personal_optimizer=_personal_optimizer(config), server_optimizer=server_opt,
+      personal_optimizer=personal_optimizer(config), server_optimizer=server_opt,
       tau_u=config.tau_u, tau_v=config.tau_v, local_unit=config.local_unit,
       personal_l2=config.personal_l2, prox_strength=config.prox_strength,
       inner_steps=config.inner_steps, local_steps=config.local_steps,
@@ -395,7 +395,8 @@ def in_group(task, config, ids) -> list[str]:
   return kept
 
 
-def _personal_optimizer(config, learning_rate=None):
+def personal_optimizer(config, learning_rate=None):
+  """The optimizer of v: `--client_optimizer` at the personal learning rate."""
   return OPTIMIZERS[config.client_optimizer](
       learning_rate or config.personal_learning_rate or config.client_learning_rate)
 
@@ -508,14 +509,17 @@ def train(config: TrainConfig) -> dict:
           'shared_parameters': shared_n, 'personal_parameters': personal_n}
 
 
-def _report_clients(task, config) -> list[str]:
+def report_client_ids(task, config) -> list[str]:
+  """The report's clients: all evaluation clients, or a seeded sample of
+  `--report_clients` of them."""
   ids = evaluation_clients(task, config)
   if config.report_clients and config.report_clients < len(ids):
     ids = sorted(np.random.default_rng(config.seed).permutation(ids)[:config.report_clients])
   return ids
 
 
-def _eval_datasets(task, data, ids):
+def eval_datasets(task, data, ids):
+  """Evaluation datasets of `ids` from a ClientData (test, heldout)."""
   return [task.eval_preprocess_fn(data.create_tf_dataset_for_client(c)) for c in ids]
 
 
@@ -549,21 +553,34 @@ def _report_weights(config, task, evaluate, final_named, store, ids, bar):
       personal = store.read(ids, before_round=store.committed_round + 1)
   epochs = _finetune_epochs(config)
   if epochs:
-    finetune = personalized_process.build_personal_finetuning(
-        task.reconstruction_model_fn, loss_fn=task.loss_fn,
-        optimizer=_personal_optimizer(config, config.finetune_learning_rate),
-        tau=epochs, local_unit=config.local_unit, personal_l2=config.personal_l2)
-    train_sets = [task.train_preprocess_fn(task.train_data.create_tf_dataset_for_client(c),
-                                           training_loop.dataset_seed(config.seed, 0, i))
-                  for i, c in enumerate(ids)]
     bar.set_description('finetuning personal parts')
-    tuned = []
-    for start in range(0, len(ids), 64):
-      chunk = finetune(u, personal[start:start + 64], train_sets[start:start + 64])
-      tuned += chunk
-      bar.update(len(chunk))
-    personal = tuned
+    personal = finetune_clients(build_finetuning(config, task, epochs), task, config, u,
+                                personal, ids, progress=bar.update)
   return evaluate, u, personal
+
+
+def build_finetuning(config, task, epochs: int) -> tff.Computation:
+  """`personalized_process.build_personal_finetuning` with the run's settings
+  (`--finetune_learning_rate`, `--local_unit`, `--personal_l2`)."""
+  return personalized_process.build_personal_finetuning(
+      task.reconstruction_model_fn, loss_fn=task.loss_fn,
+      optimizer=personal_optimizer(config, config.finetune_learning_rate),
+      tau=epochs, local_unit=config.local_unit, personal_l2=config.personal_l2)
+
+
+def finetune_clients(finetune, task, config, u, personal, ids, *, progress=None) -> list:
+  """Each client's v_i after `finetune` on its train split (shuffle seeded by
+  its position in `ids`), 64 clients per TFF call."""
+  train_sets = [task.train_preprocess_fn(task.train_data.create_tf_dataset_for_client(c),
+                                         training_loop.dataset_seed(config.seed, 0, i))
+                for i, c in enumerate(ids)]
+  tuned = []
+  for start in range(0, len(ids), 64):
+    chunk = finetune(u, personal[start:start + 64], train_sets[start:start + 64])
+    tuned += chunk
+    if progress:
+      progress(len(chunk))
+  return tuned
 
 
 def _baseline_results(config, task, baseline_named, start_weights, splits, bar) -> dict:
@@ -618,9 +635,9 @@ def write_report(config, task, evaluate, final_named, store, start_weights, *,
     baseline_named = load_init_weights(config.baseline_model)
   else:
     baseline_named = start_weights
-  ids = _report_clients(task, config)
+  ids = report_client_ids(task, config)
   heldout_ids = set(task.heldout_data.client_ids)
-  test_sets = _eval_datasets(task, task.test_data, ids)
+  test_sets = eval_datasets(task, task.test_data, ids)
   h_ids = [c for c in ids if c in heldout_ids]
   total = (3 if _finetune_epochs(config) else 2) * len(ids) + 2 * len(h_ids)
   with tqdm.tqdm(total=total, desc='evaluating clients', unit='client',
@@ -630,7 +647,7 @@ def write_report(config, task, evaluate, final_named, store, start_weights, *,
     pers = evaluation.evaluate_clients(
         evaluate, u, personal, test_sets, ids, metric, progress=bar.update)
     by_id = dict(zip(ids, personal))
-    h_sets = _eval_datasets(task, task.heldout_data, h_ids)
+    h_sets = eval_datasets(task, task.heldout_data, h_ids)
     pers_heldout = evaluation.evaluate_clients(
         evaluate, u, [by_id[c] for c in h_ids], h_sets, h_ids, metric, progress=bar.update)
     base = _baseline_results(config, task, baseline_named, start_weights, {
