@@ -73,20 +73,18 @@ def build_ffgg_client_update(
       """Example-weighted mean of the batch gradients over the dataset."""
       variables = list(variables)
 
-      def add_batch(carry, batch):
-        sums, total = carry
+      sums = [tf.zeros_like(v) for v in variables]
+      total = tf.constant(0.0)
+      for batch in iter(dataset):  # iter(): see client_work.
         with tf.GradientTape() as tape:
           output = model.forward_pass(batch, training=True)
           batch_loss = loss(output.labels, output.predictions)
         n = tf.cast(output.num_examples, tf.float32)
         grads = tape.gradient(batch_loss, variables)
         if record:
-          for m in metrics:
-            m.update_state(output.labels, output.predictions)
-        return tuple(s + n * g for s, g in zip(sums, grads)), total + n
-
-      sums, total = dataset.reduce(
-          (tuple(tf.zeros_like(v) for v in variables), tf.constant(0.0)), add_batch)
+          client_work.record_metrics(metrics, output, batch_loss)
+        sums = [s + n * g for s, g in zip(sums, grads)]
+        total += n
       return [tf.math.divide_no_nan(s, total) for s in sums], total
 
     def gd(variables, optimizer, steps, record_last=False):

@@ -50,7 +50,7 @@ def _pass(model, loss, variables, data, optimizer, anchor=None, prox=0.0, metric
   prox * (var - anchor). Returns the number of examples seen."""
   state = optimizer.initialize(_specs(variables))
   num_examples = tf.constant(0, tf.int64)
-  for batch in data:
+  for batch in iter(data):  # iter(): see client_work.
     with tf.GradientTape() as tape:
       output = model.forward_pass(batch, training=True)
       batch_loss = loss(output.labels, output.predictions)
@@ -58,8 +58,8 @@ def _pass(model, loss, variables, data, optimizer, anchor=None, prox=0.0, metric
     if anchor is not None:
       grads = [g + prox * (v - a) for g, v, a in zip(grads, variables, anchor)]
     state = _step(optimizer, state, variables, grads)
-    for m in metrics:
-      m.update_state(output.labels, output.predictions)
+    if metrics:
+      client_work.record_metrics(metrics, output, batch_loss)
     num_examples += tf.cast(output.num_examples, tf.int64)
   return num_examples
 
@@ -184,14 +184,13 @@ def build_pfedme_client_update(
       theta_state = personal_optimizer.initialize(_specs(theta))
       w_state = client_optimizer.initialize(_specs(w))
       num_examples = tf.constant(0, tf.int64)
-      for batch in client_work.phase_dataset(dataset, tau_u, local_unit):
+      for batch in iter(client_work.phase_dataset(dataset, tau_u, local_unit)):
         for k in range(inner_steps):
           with tf.GradientTape() as tape:
             output = model.forward_pass(batch, training=True)
             batch_loss = loss(output.labels, output.predictions)
           if k == 0:  # Metrics and example count once per batch.
-            for m in metrics:
-              m.update_state(output.labels, output.predictions)
+            client_work.record_metrics(metrics, output, batch_loss)
             num_examples += tf.cast(output.num_examples, tf.int64)
           grads = tape.gradient(batch_loss, theta)
           theta_state = _step(

@@ -15,6 +15,8 @@ import tensorflow_federated as tff
 
 from partial_personalization import partition as partition_lib
 
+SPLITS = ('train', 'heldout', 'test')
+
 
 @dataclasses.dataclass(frozen=True)
 class PersonalizationTask:
@@ -39,6 +41,11 @@ class PersonalizationTask:
       tied embedding). Identity by default.
     client_groups_fn: No-arg function returning {client id: group} from the
       data's metadata (Stack Exchange: the site), or None if it has none.
+    train_dataset_fn: Optional fast path of `train_dataset`: (client id, seed)
+      -> the same batches as `train_preprocess_fn` on that client's raw data
+      (StackOverflow: token ids cached once, see `token_cache`).
+    eval_dataset_fn: Optional fast path of `eval_dataset`: (split, client id)
+      -> the same batches as `eval_preprocess_fn`.
   """
 
   name: str
@@ -55,6 +62,33 @@ class PersonalizationTask:
   partition_fn: partition_lib.PartitionFn
   complete_weights_fn: Callable[[dict, dict], dict] = lambda named, shapes: named
   client_groups_fn: Optional[Callable[[], dict]] = None
+  train_dataset_fn: Optional[Callable[[str, int], tf.data.Dataset]] = None
+  eval_dataset_fn: Optional[Callable[[str, str], tf.data.Dataset]] = None
+
+  def client_data(self, split: str):
+    """The raw `ClientData` of 'train', 'heldout' or 'test'.
+
+    Raises:
+      ValueError: another split name.
+    """
+    if split not in SPLITS:
+      raise ValueError(f'split must be one of {SPLITS}, got {split!r}')
+    return {'train': self.train_data, 'heldout': self.heldout_data,
+            'test': self.test_data}[split]
+
+  def train_dataset(self, client_id: str, seed: int) -> tf.data.Dataset:
+    """A client's shuffled, capped training batches (the shuffle seeded by `seed`)."""
+    if self.train_dataset_fn is not None:
+      return self.train_dataset_fn(client_id, seed)
+    return self.train_preprocess_fn(
+        self.train_data.create_tf_dataset_for_client(client_id), seed)
+
+  def eval_dataset(self, split: str, client_id: str) -> tf.data.Dataset:
+    """A client's evaluation batches of `split` ('train', 'heldout', 'test')."""
+    if self.eval_dataset_fn is not None:
+      return self.eval_dataset_fn(split, client_id)
+    return self.eval_preprocess_fn(
+        self.client_data(split).create_tf_dataset_for_client(client_id))
 
   @property
   def report_metric(self) -> str:

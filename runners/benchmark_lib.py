@@ -84,8 +84,7 @@ def _round_inputs(task, settings: Settings, case: Case, round_num: int):
   from partial_personalization import training_loop  # pylint: disable=g-import-not-at-top
   ids = training_loop.sample_clients(sorted(task.train_data.client_ids),
                                      case.clients_per_round, settings.seed, round_num)
-  datasets = [task.train_preprocess_fn(task.train_data.create_tf_dataset_for_client(c),
-                                       training_loop.dataset_seed(settings.seed, round_num, i))
+  datasets = [task.train_dataset(c, training_loop.dataset_seed(settings.seed, round_num, i))
               for i, c in enumerate(ids)]
   return ids, datasets
 

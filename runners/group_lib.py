@@ -138,7 +138,7 @@ def _finetune_and_evaluate(common: dict, settings: GroupSettings, model_dirs: di
       named = task.complete_weights_fn(train_lib.load_init_weights(model_dirs[key]),
                                        task.partition.shapes)
       u, v0 = task.partition.split(named)
-      test_sets = train_lib.eval_datasets(task, task.test_data, ids)
+      test_sets = train_lib.eval_datasets(task, 'test', ids)
       start.append(evaluation.evaluate_clients(evaluate, u, [v0] * len(ids), test_sets, ids,
                                                metric, progress=bar.update))
       personal = [v0] * len(ids)

@@ -305,7 +305,8 @@ def build_runner(config, task, named_init, store, *, population=None,
   if config.algorithm == 'fedavg':
     process = tff.learning.algorithms.build_weighted_fed_avg(
         task.variable_model_fn, client_optimizer_fn=client_opt,
-        server_optimizer_fn=server_opt, model_aggregator=aggregator)
+        server_optimizer_fn=server_opt, model_aggregator=aggregator,
+        loop_implementation=tff.learning.LoopImplementation.DATASET_ITERATOR)
     return training_loop.FedAvgRunner(process, initial_weights=shared)
   if config.algorithm == 'fedrecon':
     # Configured as stateless FedAlt: reconstruction on the whole client
@@ -372,8 +373,8 @@ def _label_histograms(task, ids) -> dict:
   """Label counts of each client's train split (for k-means groups)."""
   counts = {}
   for c in tqdm.tqdm(ids, desc='label histograms', unit='client'):
-    labels = [np.asarray(batch[1]).ravel() for batch in task.eval_preprocess_fn(
-        task.train_data.create_tf_dataset_for_client(c)).as_numpy_iterator()]
+    labels = [np.asarray(batch[1]).ravel()
+              for batch in task.eval_dataset('train', c).as_numpy_iterator()]
     counts[c] = np.bincount(np.concatenate(labels).astype(np.int64)) if labels else np.zeros(1)
   width = max(len(h) for h in counts.values())
   return {c: np.pad(h, (0, width - len(h))) for c, h in counts.items()}
@@ -455,11 +456,8 @@ def train(config: TrainConfig) -> dict:
       os.path.join(config.run_dir, 'client_state.sqlite'), initial_personal)
   train_ids = in_group(task, config, sorted(task.train_data.client_ids))
 
-  def make_dataset(cid, seed):
-    return task.train_preprocess_fn(task.train_data.create_tf_dataset_for_client(cid), seed)
-
   runner = build_runner(config, task, named_init, store, population=train_ids,
-                        make_dataset=make_dataset)
+                        make_dataset=task.train_dataset)
   shared_n, personal_n = parameter_counts(config, task)
   logging.info('%s/%s: %d shared and %d personal parameters',
                config.algorithm, config.personalization, shared_n, personal_n)
@@ -478,8 +476,7 @@ def train(config: TrainConfig) -> dict:
   def eval_fn(state, round_num):
     nonlocal eval_sets
     if eval_sets is None:
-      eval_sets = [task.eval_preprocess_fn(task.heldout_data.create_tf_dataset_for_client(c))
-                   for c in eval_ids]
+      eval_sets = eval_datasets(task, 'heldout', eval_ids)
     # FedAvg's weights are in Keras order, which is u's order for 'none'.
     u = runner.global_weights(state)
     v = store.read(eval_ids, before_round=round_num + 1)
@@ -490,7 +487,7 @@ def train(config: TrainConfig) -> dict:
 
   result = training_loop.run_training(
       runner, run_dir=config.run_dir, store=store, client_ids=train_ids,
-      make_dataset=make_dataset,
+      make_dataset=task.train_dataset,
       total_rounds=config.total_rounds, clients_per_round=config.clients_per_round,
       seed=config.seed, rounds_per_checkpoint=config.rounds_per_checkpoint,
       rounds_per_eval=config.rounds_per_eval, eval_fn=eval_fn, progress=config.progress)
@@ -518,9 +515,9 @@ def report_client_ids(task, config) -> list[str]:
   return ids
 
 
-def eval_datasets(task, data, ids):
-  """Evaluation datasets of `ids` from a ClientData (test, heldout)."""
-  return [task.eval_preprocess_fn(data.create_tf_dataset_for_client(c)) for c in ids]
+def eval_datasets(task, split, ids):
+  """Evaluation datasets of `ids` from a split ('test', 'heldout')."""
+  return [task.eval_dataset(split, c) for c in ids]
 
 
 def _finetune_epochs(config) -> int:
@@ -571,8 +568,7 @@ def build_finetuning(config, task, epochs: int) -> tff.Computation:
 def finetune_clients(finetune, task, config, u, personal, ids, *, progress=None) -> list:
   """Each client's v_i after `finetune` on its train split (shuffle seeded by
   its position in `ids`), 64 clients per TFF call."""
-  train_sets = [task.train_preprocess_fn(task.train_data.create_tf_dataset_for_client(c),
-                                         training_loop.dataset_seed(config.seed, 0, i))
+  train_sets = [task.train_dataset(c, training_loop.dataset_seed(config.seed, 0, i))
                 for i, c in enumerate(ids)]
   tuned = []
   for start in range(0, len(ids), 64):
@@ -637,7 +633,7 @@ def write_report(config, task, evaluate, final_named, store, start_weights, *,
     baseline_named = start_weights
   ids = report_client_ids(task, config)
   heldout_ids = set(task.heldout_data.client_ids)
-  test_sets = eval_datasets(task, task.test_data, ids)
+  test_sets = eval_datasets(task, 'test', ids)
   h_ids = [c for c in ids if c in heldout_ids]
   total = (3 if _finetune_epochs(config) else 2) * len(ids) + 2 * len(h_ids)
   with tqdm.tqdm(total=total, desc='evaluating clients', unit='client',
@@ -647,7 +643,7 @@ def write_report(config, task, evaluate, final_named, store, start_weights, *,
     pers = evaluation.evaluate_clients(
         evaluate, u, personal, test_sets, ids, metric, progress=bar.update)
     by_id = dict(zip(ids, personal))
-    h_sets = eval_datasets(task, task.heldout_data, h_ids)
+    h_sets = eval_datasets(task, 'heldout', h_ids)
     pers_heldout = evaluation.evaluate_clients(
         evaluate, u, [by_id[c] for c in h_ids], h_sets, h_ids, metric, progress=bar.update)
     base = _baseline_results(config, task, baseline_named, start_weights, {

@@ -103,6 +103,18 @@ class TransformerBlock(tf.keras.layers.Layer):
     )
 
 
+def _project(h, weights, bias, *, transpose: bool):
+  """h [batch, time, d] @ weights (+ bias) as one 2-D matmul.
+
+  A 3-D @ 2-D `tf.matmul` runs as a broadcasting BatchMatMulV2 whose gradient
+  for `weights` is one matmul per sequence, then a sum: 4x the time of the
+  same product over [batch * time, d] rows, which dominated training steps.
+  """
+  d = tf.shape(h)[-1]
+  logits = tf.matmul(tf.reshape(h, [-1, d]), weights, transpose_b=transpose) + bias
+  return tf.reshape(logits, tf.concat([tf.shape(h)[:-1], [-1]], 0))
+
+
 class TiedDecoder(tf.keras.layers.Layer):
   """Logits = h @ E^T + b with E the token embedding matrix (only b is new)."""
 
@@ -117,7 +129,7 @@ class TiedDecoder(tf.keras.layers.Layer):
     super().build(input_shape)
 
   def call(self, h):
-    return tf.matmul(h, self.embedding.embeddings, transpose_b=True) + self.bias
+    return _project(h, self.embedding.embeddings, self.bias, transpose=True)
 
 
 class UntiedDecoder(tf.keras.layers.Layer):
@@ -135,7 +147,7 @@ class UntiedDecoder(tf.keras.layers.Layer):
     super().build(input_shape)
 
   def call(self, h):
-    return tf.matmul(h, self.kernel) + self.bias
+    return _project(h, self.kernel, self.bias, transpose=False)
 
 
 def untie_decoder_weights(named: dict, target_shapes: dict) -> dict:

@@ -9,6 +9,7 @@ so 10,000 words give 10,004 tokens). Accuracy is TFF's masked accuracy without
 pad, OOV, BOS and EOS; the loss is cross-entropy over non-pad tokens.
 """
 
+import functools
 import os
 
 import tensorflow as tf
@@ -17,6 +18,7 @@ import tensorflow_federated as tff
 from partial_personalization import task as task_lib
 from tasks.stackoverflow import convert_lib
 from tasks.stackoverflow import model as model_lib
+from tasks.stackoverflow import token_cache
 
 _preprocessing = tff.simulation.baselines.stackoverflow.word_prediction_preprocessing
 PARTITIONS = model_lib.PARTITIONS
@@ -104,6 +106,23 @@ def create_task(
   def train_preprocess_fn(dataset, seed):
     return to_train_batches(dataset.shuffle(shuffle_buffer_size, seed=seed))
 
+  # The same batches from token ids computed once (token_cache); built on
+  # first use, so tasks that never make a dataset never tokenize.
+  @functools.cache
+  def tokens():
+    return token_cache.load_or_build(
+        cache_dir, {'train': train, 'heldout': heldout, 'test': test}, vocab, sequence_length)
+
+  def train_dataset_fn(client_id, seed):
+    return token_cache.batched_dataset(
+        tokens()['train'].client_tokens(client_id), batch_size=batch_size,
+        shuffle_buffer_size=shuffle_buffer_size, seed=seed,
+        max_elements=max_elements_per_client)
+
+  def eval_dataset_fn(split, client_id):
+    return token_cache.batched_dataset(
+        tokens()[split].client_tokens(client_id), batch_size=eval_batch_size)
+
   def metrics_fn():
     masked = [special.padding, *special.out_of_vocab,
               special.beginning_of_sentence, special.end_of_sentence]
@@ -124,4 +143,6 @@ def create_task(
       partition_fn=partition_fn,
       complete_weights_fn=model_lib.untie_decoder_weights,
       client_groups_fn=lambda: convert_lib.load_client_groups(cache_dir),
+      train_dataset_fn=train_dataset_fn,
+      eval_dataset_fn=eval_dataset_fn,
   )
