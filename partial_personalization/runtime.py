@@ -16,8 +16,10 @@ therefore stops the worker of the installed context itself.
 """
 
 import atexit
+import contextlib
 import dataclasses
 import gc
+import os
 import subprocess
 from typing import Optional
 
@@ -26,6 +28,8 @@ import tensorflow_federated as tff
 # no runtime is available.
 from tensorflow_federated.python.core.impl.context_stack import context_stack_impl
 from tensorflow_federated.python.core.impl.context_stack import runtime_error_context
+
+from partial_personalization import worker_config
 
 EXECUTORS = ('local', 'remote', 'accelerated')
 
@@ -37,7 +41,8 @@ class ExecutorConfig:
   Attributes:
     executor: One of `EXECUTORS`.
     max_concurrent_computation_calls: local: concurrent calls of one
-      computation in the C++ runtime (clients trained at once); <= 0: no limit.
+      computation in the C++ runtime (clients trained at once); 0: the
+      default, `worker_config.default_concurrent_calls()`; < 0: no limit.
     workers: remote: 'host:port' of each TFF worker service.
     client_devices: accelerated: TensorFlow devices of client work, e.g.
       ('GPU:0', 'GPU:1'); default all GPUs, else all logical CPUs.
@@ -45,7 +50,7 @@ class ExecutorConfig:
   """
 
   executor: str = 'local'
-  max_concurrent_computation_calls: int = -1
+  max_concurrent_computation_calls: int = 0
   workers: tuple[str, ...] = ()
   client_devices: tuple[str, ...] = ()
   server_device: Optional[str] = None
@@ -57,7 +62,7 @@ class ExecutorConfig:
       raise ValueError('--workers is for --executor=remote')
     if (self.client_devices or self.server_device) and self.executor != 'accelerated':
       raise ValueError('--client_devices and --server_device are for --executor=accelerated')
-    if self.max_concurrent_computation_calls > 0 and self.executor != 'local':
+    if self.max_concurrent_computation_calls != 0 and self.executor != 'local':
       raise ValueError('--max_concurrent_computation_calls is for --executor=local')
 
 
@@ -73,8 +78,10 @@ def set_executor(config: ExecutorConfig):
   """
   global _active
   if config.executor == 'local':
+    calls = config.max_concurrent_computation_calls or worker_config.default_concurrent_calls()
     context = tff.backends.native.create_sync_local_cpp_execution_context(
-        max_concurrent_computation_calls=config.max_concurrent_computation_calls)
+        max_concurrent_computation_calls=calls)
+    _start_local_worker(context, calls)
   elif config.executor == 'remote':
     from partial_personalization import remote_context  # pylint: disable=g-import-not-at-top
     context = remote_context.RemoteContext(config.workers)
@@ -112,6 +119,29 @@ def _service_managers(context) -> list:
     if hasattr(contents, '_process') and hasattr(contents, 'get_stub'):
       managers.append(contents)
   return managers
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]):
+  saved = {k: os.environ.get(k) for k in values}
+  os.environ.update(values)
+  try:
+    yield
+  finally:
+    for k, v in saved.items():
+      if v is None:
+        os.environ.pop(k, None)
+      else:
+        os.environ[k] = v
+
+
+def _start_local_worker(context, concurrent_calls: int) -> None:
+  """Starts the context's worker now, with `worker_environment`, instead of
+  at the first computation; the driver's own TensorFlow keeps its settings.
+  A worker TFF restarts later (after a crash) gets TensorFlow's defaults."""
+  with _environment(worker_config.worker_environment(concurrent_calls)):
+    for manager in _service_managers(context):
+      manager.get_stub()
 
 
 def _stopped(*args, **kwargs):

@@ -1,10 +1,12 @@
-"""Rounds per second and peak memory of each executor, and TFF's overhead.
+"""Training and evaluation throughput against a plain-TensorFlow floor.
 
-  bazel run //runners:benchmark -- --model_sizes=tiny,mini --clients_per_round=10,50
+  bazel run //runners:benchmark -- --model_sizes=tiny,mini --clients_per_round=12,50
 
-Each case runs in a fresh process (see runners/benchmark_lib.py); results are
+For each algorithm (FedAvg, FedAlt, the report's evaluation), model size and
+number of clients, runs the executors and the two plain-TensorFlow floors,
+each case in a fresh process (see runners/benchmark_lib.py). Results are
 appended to <output_dir>/benchmark.csv as they come (a rerun skips finished
-cases) and the table goes to benchmark.md and stdout.
+cases); the table goes to benchmark.md and stdout.
 """
 
 import os
@@ -17,16 +19,20 @@ from runners import benchmark_lib
 from runners import flags_lib
 from runners import paths
 
-_EXECUTORS = flags.DEFINE_list('executors', list(benchmark_lib.CASE_EXECUTORS),
-                               'Executors to measure; local_serial: local with '
-                               '--max_concurrent_computation_calls=1; plain_tf: the same local '
-                               'training without TFF.')
+_EXECUTORS = flags.DEFINE_list(
+    'executors', ['local', benchmark_lib.PLAIN_TF, benchmark_lib.PLAIN_TF_PARALLEL],
+    f'Executors to measure, of {benchmark_lib.CASE_EXECUTORS}. local_serial: local with '
+    '--max_concurrent_computation_calls=1; plain_tf, plain_tf_parallel: the floors.')
+_ALGORITHMS = flags.DEFINE_list('algorithms', list(benchmark_lib.ALGORITHMS),
+                                'fedavg, fedalt (last_block personal), evaluation.')
 _MODEL_SIZES = flags.DEFINE_list('model_sizes', ['tiny', 'mini'], 'StackOverflow model sizes.')
-_CLIENTS = flags.DEFINE_list('clients_per_round', ['10', '50'], 'Clients per round.')
-_ROUNDS = flags.DEFINE_integer('rounds', 3, 'Timed rounds per case (after the warm-up).')
+_CLIENTS = flags.DEFINE_list('clients_per_round', ['12', '50'], 'Clients per round.')
+_ROUNDS = flags.DEFINE_integer('rounds', 2, 'Timed rounds per case (after the warm-up).')
 _WARMUP = flags.DEFINE_integer('warmup_rounds', 1, 'Untimed first rounds (tracing, compilation).')
-_MAX_EXAMPLES = flags.DEFINE_integer('max_examples_per_client', 64,
-                                     'Examples per client per round.')
+_MAX_EXAMPLES = flags.DEFINE_integer('max_examples_per_client', 128,
+                                     'Examples (sentences) per client per round.')
+_EVAL_CLIENTS = flags.DEFINE_integer('eval_clients', 64,
+                                     'Evaluation cases: clients per federated call.')
 _NUM_WORKERS = flags.DEFINE_integer('num_workers', 2, 'remote: TFF workers started on this '
                                     'machine for each case.')
 _LOGICAL_CPUS = flags.DEFINE_integer('logical_cpus', 2, 'accelerated without GPUs: logical '
@@ -40,15 +46,22 @@ def _run():
   for name in _EXECUTORS.value:
     if name not in benchmark_lib.CASE_EXECUTORS:
       raise ValueError(f'--executors: unknown {name!r}; known: {benchmark_lib.CASE_EXECUTORS}')
+  for name in _ALGORITHMS.value:
+    if name not in benchmark_lib.ALGORITHMS:
+      raise ValueError(f'--algorithms: unknown {name!r}; known: {benchmark_lib.ALGORITHMS}')
   out = paths.resolve_path(_OUTPUT_DIR.value)
   data_dir = os.path.join(out, 'data')
   flags_lib.convert_if_missing(_DUMP_DIRS.value, data_dir, min_examples=200)  # as the main job
   settings = benchmark_lib.Settings(
       data_dir=data_dir, rounds=_ROUNDS.value, warmup_rounds=_WARMUP.value,
-      max_examples_per_client=_MAX_EXAMPLES.value, num_workers=_NUM_WORKERS.value,
-      logical_cpus=_LOGICAL_CPUS.value)
-  cases = [benchmark_lib.Case(e, size, int(m)) for size in _MODEL_SIZES.value
-           for m in _CLIENTS.value for e in _EXECUTORS.value]
+      max_examples_per_client=_MAX_EXAMPLES.value, eval_clients=_EVAL_CLIENTS.value,
+      num_workers=_NUM_WORKERS.value, logical_cpus=_LOGICAL_CPUS.value)
+  cases = []
+  for algorithm in _ALGORITHMS.value:
+    for size in _MODEL_SIZES.value:
+      # Evaluation has one configuration per model: --eval_clients.
+      for m in (_CLIENTS.value if algorithm != 'evaluation' else _CLIENTS.value[:1]):
+        cases += [benchmark_lib.Case(e, algorithm, size, int(m)) for e in _EXECUTORS.value]
   with flags_lib.tff_runtime(runtime.ExecutorConfig()):  # Cases run in child processes.
     table = benchmark_lib.run(cases, settings, out)
   print('\n' + benchmark_lib.to_markdown(table))

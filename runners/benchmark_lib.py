@@ -1,21 +1,34 @@
-"""Library behind `runners/benchmark.py`: round throughput and peak memory per executor.
+"""Library behind `runners/benchmark.py`: training and evaluation throughput
+against a plain-TensorFlow floor, and peak memory.
 
-Every case (executor, model size, clients per round) runs in a fresh process,
-so its peak memory is its own: FedAlt rounds (`last_block` personal, one local
+Every case runs in a fresh process, so its peak memory and thread settings are
+its own. A case is (executor, algorithm, model size, clients per round): FedAvg
+(TFF's `build_weighted_fed_avg`) or FedAlt (`last_block` personal, one local
 epoch on v then one on u, as `//runners:train` defaults) on the StackOverflow
-task built from the real Stack Exchange data, the same sampled clients and
-shuffles for every executor. The first `warmup_rounds` (tracing, graph
+task built from the real Stack Exchange data; every case samples the same
+clients with the same shuffles. The first `warmup_rounds` (tracing, graph
 compilation) are not timed.
 
-`plain_tf` is the same local training without TFF: one Keras model, a
-`tf.function` running the personal pass then the shared pass per client (plain
-SGD, the same learning rate and data), and an example-weighted mean of the
-shared updates in numpy. The ratio of an executor's round time to it is TFF's
-overhead.
+The floor is the same local training without TFF, over the same integer
+batches, materialized in memory before timing: one Keras model, a
+`tf.function` traced once that runs a client's SGD steps (FedAlt: the v pass,
+then the u pass) by indexing a stacked batch tensor, and the example-weighted
+mean of the shared updates in numpy. Two variants, each the fastest we could
+write for its threading:
+  plain_tf           clients one after another; TensorFlow's default
+                     intra-op threads parallelize each step across cores;
+  plain_tf_parallel  one model copy and one Python thread per core, clients
+                     dealt round-robin, one intra-op thread each.
+The floor of a configuration is the faster of the two; "x floor" divides by it.
+
+Throughput is client-sentences (clients x examples per client) per second of
+wall time and per CPU-second of driver plus TFF worker. Evaluation cases time
+one federated evaluation call over `eval_clients` clients' test splits (the
+report's unit of work) against plain TF's forward passes over the same
+batches.
 
 Peak memory: the driver's peak resident set (`ru_maxrss`), and the sum over
-TFF worker processes of theirs (`VmHWM`): the local runtime's worker, or the
-remote workers (started fresh for each case).
+TFF worker processes of theirs (`VmHWM`).
 """
 
 import dataclasses
@@ -25,8 +38,8 @@ import resource
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
+import threading
 import time
 from typing import Optional, Sequence
 
@@ -34,15 +47,18 @@ import numpy as np
 import pandas as pd
 
 PLAIN_TF = 'plain_tf'
-# TFF's local runtime one client at a time (--max_concurrent_computation_calls=1),
-# the like-for-like comparison with the sequential plain TensorFlow loop.
+PLAIN_TF_PARALLEL = 'plain_tf_parallel'
+FLOORS = (PLAIN_TF, PLAIN_TF_PARALLEL)
+# TFF's local runtime one client at a time (--max_concurrent_computation_calls=1).
 LOCAL_SERIAL = 'local_serial'
-CASE_EXECUTORS = ('local', LOCAL_SERIAL, 'remote', 'accelerated', PLAIN_TF)
+CASE_EXECUTORS = ('local', LOCAL_SERIAL, 'remote', 'accelerated') + FLOORS
+ALGORITHMS = ('fedavg', 'fedalt', 'evaluation')
 
 
 @dataclasses.dataclass(frozen=True)
 class Case:
   executor: str  # one of CASE_EXECUTORS
+  algorithm: str  # one of ALGORITHMS
   model_size: str
   clients_per_round: int
 
@@ -50,9 +66,11 @@ class Case:
 @dataclasses.dataclass(frozen=True)
 class Settings:
   data_dir: str
-  rounds: int = 3
+  rounds: int = 2
   warmup_rounds: int = 1
-  max_examples_per_client: int = 64
+  max_examples_per_client: int = 128
+  client_batch_size: int = 16
+  eval_clients: int = 64  # evaluation cases: clients per federated call
   seed: int = 0
   num_workers: int = 2  # remote: workers started on this machine per case
   logical_cpus: int = 2  # accelerated: CPU devices to spread clients over (no GPU)
@@ -70,12 +88,28 @@ def _peak_kb(pid: int) -> int:
   return 0
 
 
+def process_cpu_seconds(pid: Optional[int] = None) -> float:
+  """User + system CPU seconds of a process (this one by default), all threads."""
+  if pid is None:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+  try:
+    with open(f'/proc/{pid}/stat') as f:
+      fields = f.read().rsplit(')', 1)[1].split()
+  except OSError:
+    return 0.0
+  return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
+
+
 def _train_config(case: Case, settings: Settings, run_dir: str):
   from runners import train_lib  # pylint: disable=g-import-not-at-top
+  algorithm = 'fedavg' if case.algorithm == 'fedavg' else 'fedalt'
   return train_lib.TrainConfig(
       experiment_name=os.path.basename(run_dir), root_output_dir=os.path.dirname(run_dir),
-      task='stackoverflow', cache_dir=settings.data_dir, algorithm='fedalt',
+      task='stackoverflow', cache_dir=settings.data_dir, algorithm=algorithm,
+      personalization='none' if algorithm == 'fedavg' else 'last_block',
       model_size=case.model_size, clients_per_round=case.clients_per_round,
+      client_batch_size=settings.client_batch_size,
       max_examples_per_client=settings.max_examples_per_client, seed=settings.seed,
       report=False, progress=False)
 
@@ -89,63 +123,122 @@ def _round_inputs(task, settings: Settings, case: Case, round_num: int):
   return ids, datasets
 
 
+def _eval_inputs(task, settings: Settings):
+  from runners import train_lib  # pylint: disable=g-import-not-at-top
+  ids = sorted(set(task.train_data.client_ids) & set(task.test_data.client_ids))
+  ids = ids[:settings.eval_clients]
+  return ids, train_lib.eval_datasets(task, 'test', ids)
+
+
+def _stacked(dataset):
+  """A client's batches as (inputs, labels) numpy stacks [batches, batch, ...]
+  plus the size of each batch (the last one may be short)."""
+  batches = list(dataset.as_numpy_iterator())
+  width = max(len(x) for x, _ in batches)
+  pad = lambda a: np.pad(a, [(0, width - len(a))] + [(0, 0)] * (a.ndim - 1))
+  return (np.stack([pad(x) for x, _ in batches]), np.stack([pad(y) for _, y in batches]),
+          np.array([len(x) for x, _ in batches], np.int64))
+
+
+class _PlainClient:
+  """One Keras model and a client's local training in one traced tf.function."""
+
+  def __init__(self, task, config, algorithm):
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    self.model = model = task.keras_model_fn()
+    loss_fn = task.loss_fn()
+    lr = config.client_learning_rate
+    personal_ids = {id(v) for v in task.partition_fn(model)}
+    self.personal = [v for v in model.trainable_variables if id(v) in personal_ids]
+    self.shared = [v for v in model.trainable_variables if id(v) not in personal_ids]
+    passes = [self.shared] if algorithm == 'fedavg' else [self.personal, self.shared]
+
+    def sgd_pass(xs, ys, sizes, variables):
+      for i in tf.range(tf.shape(sizes)[0]):
+        x, y = xs[i][:sizes[i]], ys[i][:sizes[i]]
+        with tf.GradientTape() as tape:
+          loss = loss_fn(y, model(x, training=True))
+        for v, g in zip(variables, tape.gradient(loss, variables)):
+          v.assign_sub(lr * g)
+
+    def train(xs, ys, sizes):
+      for variables in passes:
+        sgd_pass(xs, ys, sizes, variables)
+      return tf.reduce_sum(sizes)
+
+    metric = task.metrics_fn()[0]  # What the report needs: accuracy and loss.
+
+    def evaluate(xs, ys, sizes):
+      metric.reset_state()
+      total = tf.constant(0.0)
+      for i in tf.range(tf.shape(sizes)[0]):
+        x, y = xs[i][:sizes[i]], ys[i][:sizes[i]]
+        logits = model(x, training=False)
+        metric.update_state(y, logits)
+        total += loss_fn(y, logits)
+      return total, metric.result()
+
+    spec = [tf.TensorSpec([None, None, None], tf.int64)] * 2 + [tf.TensorSpec([None], tf.int64)]
+    self.train = tf.function(train, input_signature=spec)
+    self.evaluate = tf.function(evaluate, input_signature=spec)
+
+
 def _plain_tf_rounds(task, config, settings: Settings, case: Case) -> list[float]:
-  """Seconds of each round of the same local training in plain TensorFlow."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  model = task.keras_model_fn()
-  personal = list(task.partition_fn(model))
-  personal_ids = {id(v) for v in personal}
-  shared = [v for v in model.trainable_variables if id(v) not in personal_ids]
-  loss_fn = task.loss_fn()
-  lr = config.client_learning_rate
-
-  def sgd_pass(dataset, variables):
-    count = tf.constant(0, tf.int64)
-    for x, y in dataset:
-      with tf.GradientTape() as tape:
-        loss = loss_fn(y, model(x, training=True))
-      for v, g in zip(variables, tape.gradient(loss, variables)):
-        v.assign_sub(lr * g)
-      count += tf.cast(tf.shape(y)[0], tf.int64)
-    return count
-
-  def local_training(dataset):
-    sgd_pass(dataset, personal)  # tau_v = 1 epoch on v, u fixed
-    return sgd_pass(dataset, shared)  # tau_u = 1 epoch on u, new v fixed
-
-  # A signature, or tf.function would trace again for every client's dataset.
-  element_spec = _round_inputs(task, settings, case, 1)[1][0].element_spec
-  client_update = tf.function(local_training,
-                              input_signature=[tf.data.DatasetSpec(element_spec)])
-
-  global_u = [v.numpy() for v in shared]
-  initial_v = [v.numpy() for v in personal]
+  """(wall seconds, CPU seconds) of each timed round of the same local
+  training (or evaluation) in plain TensorFlow."""
+  threads = (os.cpu_count() or 1) if case.executor == PLAIN_TF_PARALLEL else 1
+  clients = [_PlainClient(task, config, case.algorithm) for _ in range(threads)]
+  global_u = [v.numpy() for v in clients[0].shared]
+  initial_v = [v.numpy() for v in clients[0].personal]
   store = {}
   times = []
   for round_num in range(1, settings.warmup_rounds + settings.rounds + 1):
-    ids, datasets = _round_inputs(task, settings, case, round_num)
-    start = time.perf_counter()
-    updates, weights = [], []
-    for cid, dataset in zip(ids, datasets):
-      for v, value in zip(shared, global_u):
-        v.assign(value)
-      for v, value in zip(personal, store.get(cid, initial_v)):
-        v.assign(value)
-      n = float(client_update(dataset))
-      updates.append([u - v.numpy() for u, v in zip(global_u, shared)])
-      weights.append(n)
-      store[cid] = [v.numpy() for v in personal]
-    total = sum(weights)
-    global_u = [u - sum(w * up[i] for w, up in zip(weights, updates)) / total
-                for i, u in enumerate(global_u)]
-    times.append(time.perf_counter() - start)
+    if case.algorithm == 'evaluation':
+      ids, datasets = _eval_inputs(task, settings)
+    else:
+      ids, datasets = _round_inputs(task, settings, case, round_num)
+    inputs = [_stacked(d) for d in datasets]  # In memory before timing.
+    updates, weights = [None] * len(ids), [0.0] * len(ids)
+    start, cpu = time.perf_counter(), process_cpu_seconds()
+
+    def work(k):
+      client = clients[k]
+      for i in range(k, len(ids), threads):
+        for v, value in zip(client.shared, global_u):
+          v.assign(value)
+        for v, value in zip(client.personal, store.get(ids[i], initial_v)):
+          v.assign(value)
+        if case.algorithm == 'evaluation':
+          client.evaluate(*inputs[i])
+          continue
+        weights[i] = float(client.train(*inputs[i]))
+        updates[i] = [u - v.numpy() for u, v in zip(global_u, client.shared)]
+        store[ids[i]] = [v.numpy() for v in client.personal]
+
+    workers = [threading.Thread(target=work, args=(k,)) for k in range(threads)]
+    for w in workers:
+      w.start()
+    for w in workers:
+      w.join()
+    if case.algorithm != 'evaluation':
+      total = sum(weights)
+      global_u = [u - sum(w * up[j] for w, up in zip(weights, updates)) / total
+                  for j, u in enumerate(global_u)]
+    times.append((time.perf_counter() - start, process_cpu_seconds() - cpu))
   return times[settings.warmup_rounds:]
 
 
-def _tff_rounds(task, config, settings: Settings, case: Case, run_dir: str):
-  """Seconds of each timed round through the training loop's runner, and the
-  local worker's peak memory (KiB)."""
-  from partial_personalization import client_state, runtime  # pylint: disable=g-import-not-at-top
+def _worker_pids() -> list[int]:
+  from partial_personalization import runtime  # pylint: disable=g-import-not-at-top
+  from tensorflow_federated.python.core.impl.context_stack import context_stack_impl  # pylint: disable=g-import-not-at-top
+  return [m._process.pid for m in runtime._service_managers(context_stack_impl.context_stack.current)  # pylint: disable=protected-access
+          if m._process is not None]  # pylint: disable=protected-access
+
+
+def _tff_rounds(task, config, settings: Settings, case: Case, run_dir: str, worker_pids):
+  """(wall, CPU) seconds of each timed round through the training loop's
+  runner (or of one evaluation call), and the workers' peak memory (KiB)."""
+  from partial_personalization import client_state  # pylint: disable=g-import-not-at-top
   from runners import train_lib  # pylint: disable=g-import-not-at-top
   named_init = train_lib.initial_named_weights(task, config)
   _, initial_personal = task.partition.split(named_init)
@@ -153,25 +246,32 @@ def _tff_rounds(task, config, settings: Settings, case: Case, run_dir: str):
                                         initial_personal)
   runner = train_lib.build_runner(config, task, named_init, store)
   state = runner.initialize()
+  pids = list(worker_pids) + _worker_pids()
+
+  def cpu():
+    return process_cpu_seconds() + sum(process_cpu_seconds(p) for p in pids)
+
   times = []
   for round_num in range(1, settings.warmup_rounds + settings.rounds + 1):
-    ids, datasets = _round_inputs(task, settings, case, round_num)
-    start = time.perf_counter()
-    state, _ = runner.run_round(state, round_num, ids, datasets)
-    times.append(time.perf_counter() - start)
-  worker_kb = 0
-  if case.executor in ('local', LOCAL_SERIAL):
-    from tensorflow_federated.python.core.impl.context_stack import context_stack_impl  # pylint: disable=g-import-not-at-top
-    for manager in runtime._service_managers(context_stack_impl.context_stack.current):  # pylint: disable=protected-access
-      if manager._process is not None:  # pylint: disable=protected-access
-        worker_kb += _peak_kb(manager._process.pid)  # pylint: disable=protected-access
+    start, cpu_start = time.perf_counter(), cpu()
+    if case.algorithm == 'evaluation':  # Dataset construction included, as in the report.
+      ids, datasets = _eval_inputs(task, settings)
+      u, v = runner.global_weights(state), store.read(ids, before_round=1)
+      runner.process.evaluate(u, v, datasets)
+    else:
+      ids, datasets = _round_inputs(task, settings, case, round_num)
+      state, _ = runner.run_round(state, round_num, ids, datasets)
+    times.append((time.perf_counter() - start, cpu() - cpu_start))
   store.close()
-  return times[settings.warmup_rounds:], worker_kb
+  return times[settings.warmup_rounds:], sum(_peak_kb(p) for p in _worker_pids())
 
 
-def _measure_in_child(case: Case, settings: Settings, workers: Sequence[str], queue) -> None:
+def _measure_in_child(case: Case, settings: Settings, workers: Sequence[str], worker_pids,
+                      queue) -> None:
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  if case.executor == PLAIN_TF_PARALLEL:
+    tf.config.threading.set_intra_op_parallelism_threads(1)
   if case.executor == 'accelerated' and settings.logical_cpus > 1:
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
     if not tf.config.list_physical_devices('GPU'):
       tf.config.set_logical_device_configuration(
           tf.config.list_physical_devices('CPU')[0],
@@ -183,7 +283,7 @@ def _measure_in_child(case: Case, settings: Settings, workers: Sequence[str], qu
       run_dir = os.path.join(tmp, 'bench')
       config = _train_config(case, settings, run_dir)
       task = train_lib.create_task(config)
-      if case.executor == PLAIN_TF:
+      if case.executor in FLOORS:
         times, worker_kb = _plain_tf_rounds(task, config, settings, case), 0
       else:
         if case.executor == LOCAL_SERIAL:
@@ -191,7 +291,7 @@ def _measure_in_child(case: Case, settings: Settings, workers: Sequence[str], qu
         else:
           executor = runtime.ExecutorConfig(case.executor, workers=tuple(workers))
         runtime.set_executor(executor)
-        times, worker_kb = _tff_rounds(task, config, settings, case, run_dir)
+        times, worker_kb = _tff_rounds(task, config, settings, case, run_dir, worker_pids)
     queue.put(dict(times=times, worker_kb=worker_kb,
                    driver_kb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))
   finally:
@@ -226,7 +326,8 @@ def measure(case: Case, settings: Settings) -> dict:
     ctx = multiprocessing.get_context('spawn')
     queue = ctx.Queue()
     process = ctx.Process(target=_measure_in_child, args=(
-        case, settings, [f'localhost:{w.port}' for w in workers], queue))
+        case, settings, [f'localhost:{w.port}' for w in workers], [w.pid for w in workers],
+        queue))
     process.start()
     process.join()
     if process.exitcode != 0 or queue.empty():
@@ -237,34 +338,55 @@ def measure(case: Case, settings: Settings) -> dict:
     for w in workers:
       w.send_signal(signal.SIGINT)
       w.wait()
-  seconds = float(np.mean(result['times']))
-  return dict(executor=case.executor, model_size=case.model_size,
-              clients_per_round=case.clients_per_round, rounds=len(result['times']),
-              seconds_per_round=seconds, rounds_per_second=1.0 / seconds,
-              driver_peak_mb=result['driver_kb'] / 1024, worker_peak_mb=worker_kb / 1024)
+  wall = float(np.mean([t[0] for t in result['times']]))
+  cpu = float(np.mean([t[1] for t in result['times']]))
+  per_client = (settings.max_examples_per_client if case.algorithm != 'evaluation' else None)
+  row = dict(executor=case.executor, algorithm=case.algorithm, model_size=case.model_size,
+             clients_per_round=(case.clients_per_round if case.algorithm != 'evaluation'
+                                else settings.eval_clients),
+             rounds=len(result['times']), seconds_per_round=wall, cpu_seconds_per_round=cpu,
+             driver_peak_mb=result['driver_kb'] / 1024, worker_peak_mb=worker_kb / 1024)
+  if per_client:
+    sentences = row['clients_per_round'] * per_client
+    row.update(sentences_per_second=sentences / wall, sentences_per_cpu_second=sentences / cpu)
+  row['clients_per_second'] = row['clients_per_round'] / wall
+  return row
 
 
 def add_ratios(table: pd.DataFrame) -> pd.DataFrame:
-  """Round time relative to `local` and to `plain_tf` in the same configuration."""
+  """Round time over the floor's (the faster plain-TF variant) of the same
+  configuration, and over `local`'s."""
   table = table.copy()
-  key = ['model_size', 'clients_per_round']
-  for reference in ('local', PLAIN_TF):
-    ref = table[table.executor == reference].set_index(key).seconds_per_round
-    table[f'vs_{reference}'] = [
-        row.seconds_per_round / ref.get((row.model_size, row.clients_per_round), np.nan)
-        for row in table.itertuples()]
+  key = ['algorithm', 'model_size', 'clients_per_round']
+  floor = table[table.executor.isin(FLOORS)].groupby(key).seconds_per_round.min()
+  local = table[table.executor == 'local'].set_index(key).seconds_per_round
+  table['x_floor'] = [r.seconds_per_round / floor.get(tuple(getattr(r, k) for k in key), np.nan)
+                      for r in table.itertuples()]
+  table['x_local'] = [r.seconds_per_round / local.get(tuple(getattr(r, k) for k in key), np.nan)
+                      for r in table.itertuples()]
   return table
 
 
 def to_markdown(table: pd.DataFrame) -> str:
-  lines = ['| model | clients/round | executor | s/round | rounds/s | driver peak MB | '
-           'worker peak MB | × local | × plain TF |', '|---|---|---|---|---|---|---|---|---|']
-  for r in table.itertuples():
+  lines = ['| algorithm | model | clients | executor | s/round | CPU-s/round | sentences/s | '
+           'sentences/CPU-s | clients/s | driver peak MB | worker peak MB | x floor |',
+           '|---|---|---|---|---|---|---|---|---|---|---|---|']
+  fmt = lambda v, f: '' if v is None or (isinstance(v, float) and np.isnan(v)) else format(v, f)
+  for r in table.to_dict('records'):
     lines.append(
-        f'| {r.model_size} | {r.clients_per_round} | {r.executor} | {r.seconds_per_round:.2f} | '
-        f'{r.rounds_per_second:.3f} | {r.driver_peak_mb:,.0f} | {r.worker_peak_mb:,.0f} | '
-        f'{r.vs_local:.2f} | {r.vs_plain_tf:.2f} |')
+        f"| {r['algorithm']} | {r['model_size']} | {r['clients_per_round']} | {r['executor']} | "
+        f"{r['seconds_per_round']:.2f} | {r['cpu_seconds_per_round']:.2f} | "
+        f"{fmt(r.get('sentences_per_second'), '.0f')} | "
+        f"{fmt(r.get('sentences_per_cpu_second'), '.0f')} | {r['clients_per_second']:.1f} | "
+        f"{r['driver_peak_mb']:,.0f} | {r['worker_peak_mb']:,.0f} | {r['x_floor']:.2f} |")
   return '\n'.join(lines)
+
+
+def _done(rows, case: Case, settings: Settings) -> bool:
+  clients = case.clients_per_round if case.algorithm != 'evaluation' else settings.eval_clients
+  return any(r['executor'] == case.executor and r['algorithm'] == case.algorithm and
+             r['model_size'] == case.model_size and r['clients_per_round'] == clients
+             for r in rows)
 
 
 def run(cases: Sequence[Case], settings: Settings, output_dir: Optional[str] = None,
@@ -274,22 +396,23 @@ def run(cases: Sequence[Case], settings: Settings, output_dir: Optional[str] = N
   done = pd.read_csv(path) if path and os.path.exists(path) else pd.DataFrame()
   rows = done.to_dict('records')
   for i, case in enumerate(cases, 1):
-    if any(r['executor'] == case.executor and r['model_size'] == case.model_size and
-           r['clients_per_round'] == case.clients_per_round for r in rows):
+    if _done(rows, case, settings):
       continue
-    log(f'[{i}/{len(cases)}] {case.executor}, {case.model_size}, '
-        f'{case.clients_per_round} clients/round')
+    log(f'[{i}/{len(cases)}] {case.algorithm}, {case.executor}, {case.model_size}, '
+        f'{case.clients_per_round} clients')
     row = measure(case, settings)
-    log(f'    {row["seconds_per_round"]:.2f} s/round, driver {row["driver_peak_mb"]:,.0f} MB, '
-        f'workers {row["worker_peak_mb"]:,.0f} MB')
+    log(f"    {row['seconds_per_round']:.2f} s/round, {row['cpu_seconds_per_round']:.2f} CPU-s, "
+        f"driver {row['driver_peak_mb']:,.0f} MB, workers {row['worker_peak_mb']:,.0f} MB")
     rows.append(row)
     if path:
       os.makedirs(output_dir, exist_ok=True)
       pd.DataFrame(rows).to_csv(path, index=False)
   table = add_ratios(pd.DataFrame(rows))
   order = {e: i for i, e in enumerate(CASE_EXECUTORS)}
-  table = table.sort_values(['model_size', 'clients_per_round', 'executor'],
-                            key=lambda c: c.map(order) if c.name == 'executor' else c)
+  table = table.sort_values(
+      ['algorithm', 'model_size', 'clients_per_round', 'executor'],
+      key=lambda c: c.map(order) if c.name == 'executor' else (
+          c.map({a: i for i, a in enumerate(ALGORITHMS)}) if c.name == 'algorithm' else c))
   if output_dir:
     with open(os.path.join(output_dir, 'benchmark.md'), 'w') as f:
       f.write(to_markdown(table) + '\n')

@@ -111,8 +111,9 @@ def define_executor_flags():
   flags.DEFINE_enum('executor', 'local', runtime.EXECUTORS,
                     'Where computations run: local (TFF C++ runtime), remote (TFF workers '
                     'given by --workers) or accelerated (TensorFlow on GPUs / logical CPUs).')
-  flags.DEFINE_integer('max_concurrent_computation_calls', -1,
-                       'local: clients trained at once by the C++ runtime (<= 0: no limit).')
+  flags.DEFINE_integer('max_concurrent_computation_calls', 0,
+                       'local: clients trained at once by the C++ runtime (0: two per core; '
+                       '< 0: no limit).')
   flags.DEFINE_list('workers', [], 'remote: host:port of each TFF worker '
                     '(bazel run //runners:worker -- --port=PORT on each machine).')
   flags.DEFINE_list('client_devices', [], 'accelerated: TensorFlow devices of client work, '

@@ -18,10 +18,12 @@ import sys
 from absl import app
 from absl import flags
 
+from partial_personalization import worker_config
+
 _PORT = flags.DEFINE_integer('port', 8000, 'gRPC port to serve on.')
 _MAX_CALLS = flags.DEFINE_integer(
-    'max_concurrent_computation_calls', -1,
-    'Clients this worker trains at once (<= 0: no limit).')
+    'max_concurrent_computation_calls', 0,
+    'Clients this worker trains at once (0: two per core; < 0: no limit).')
 
 
 def worker_binary_path() -> str:
@@ -47,8 +49,10 @@ def main(argv):
   # A worker started in the background by a script inherits SIGINT ignored,
   # and exec keeps that; make Ctrl-C / kill -INT stop it again.
   signal.signal(signal.SIGINT, signal.SIG_DFL)
+  calls = _MAX_CALLS.value or worker_config.default_concurrent_calls()
+  os.environ.update(worker_config.worker_environment(calls))
   os.execv(binary, [binary, f'--port={_PORT.value}',
-                    f'--max_concurrent_computation_calls={_MAX_CALLS.value}'])
+                    f'--max_concurrent_computation_calls={calls}'])
 
 
 if __name__ == '__main__':

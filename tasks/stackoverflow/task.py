@@ -25,11 +25,20 @@ PARTITIONS = model_lib.PARTITIONS
 
 
 class MaskedSparseCrossEntropy(tf.keras.losses.Loss):
-  """Mean cross-entropy over tokens whose label is not padding (id 0)."""
+  """Mean cross-entropy over tokens whose label is not padding (id 0).
+
+  A call with the very tensors of the previous call returns the previous
+  result instead of a second softmax over the 10k-token vocabulary: TFF's
+  Keras wrapper (`tff.learning.models.from_keras_model`, used by FedAvg)
+  computes the batch loss for the gradient and then again, on the same
+  tensors, for its `loss` metric, and that second softmax is a third of a
+  training step. Tensors are immutable, so the reuse cannot change a value.
+  """
 
   def __init__(self, pad_token=0, name='masked_cross_entropy', **kwargs):
     super().__init__(name=name, **kwargs)
     self.pad_token = pad_token
+    self._last = None  # (y_true, y_pred, loss) of the previous call.
 
   def call(self, y_true, y_pred):
     y_true = tf.cast(y_true, tf.int64)
@@ -39,7 +48,12 @@ class MaskedSparseCrossEntropy(tf.keras.losses.Loss):
 
   def __call__(self, y_true, y_pred, sample_weight=None):
     # Already reduced over tokens: skip Keras' own reduction and masking.
-    return self.call(y_true, y_pred)
+    if sample_weight is None and self._last is not None and (
+        self._last[0] is y_true and self._last[1] is y_pred):
+      return self._last[2]
+    loss = self.call(y_true, y_pred)
+    self._last = (y_true, y_pred, loss)
+    return loss
 
   def get_config(self):
     return {**super().get_config(), 'pad_token': self.pad_token}

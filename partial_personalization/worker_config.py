@@ -1,0 +1,31 @@
+"""Thread and concurrency settings of TFF's C++ worker (local or remote).
+
+Kept free of TensorFlow imports so `runners/worker.py` can use it and exec
+the worker binary at once.
+"""
+
+import os
+
+
+def default_concurrent_calls() -> int:
+  """Clients a worker trains at once by default: two per core, so a core never
+  waits for a client between steps; more in flight only add memory."""
+  return 2 * (os.cpu_count() or 1)
+
+
+def worker_environment(concurrent_calls: int) -> dict[str, str]:
+  """TensorFlow thread settings of a worker running `concurrent_calls` clients.
+
+  Each client computation in flight holds inter-op threads while it waits
+  (function calls, loops, dataset reads); with TensorFlow's default of one
+  inter-op thread per core, a round's clients starve the pool and the worker
+  idles at one core or less (docs/benchmarks.md). Intra-op parallelism inside
+  one client only adds synchronization when several clients already keep
+  every core busy. Variables the user has set are left alone.
+  """
+  cores = os.cpu_count() or 1
+  calls = concurrent_calls if concurrent_calls > 0 else 16
+  env = {'TF_NUM_INTEROP_THREADS': str(4 * calls + cores)}
+  if calls >= cores:
+    env['TF_NUM_INTRAOP_THREADS'] = '1'
+  return {k: v for k, v in env.items() if k not in os.environ}
