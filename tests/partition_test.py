@@ -2,6 +2,7 @@
 
 import sys
 
+import numpy as np
 import pytest
 import tensorflow as tf
 
@@ -116,3 +117,20 @@ def test_split_merge_round_trip():
 
 if __name__ == '__main__':
   sys.exit(pytest.main([__file__, '-q']))
+
+
+@pytest.mark.parametrize('tie_decoder', [True, False])
+def test_decoder_as_one_2d_product_is_the_batched_product(tie_decoder):
+  """The decoder flattens [batch, time] before its matmul (a speed fix); the
+  logits must be those of the batched 3-D product, with static shapes kept."""
+  config = model_lib.TransformerConfig(vocab_size=50, tie_decoder=tie_decoder,
+                                       **model_lib.MODEL_SIZES['tiny'])
+  model = model_lib.create_transformer(config)
+  decoder = model.get_layer('decoder')
+  h = tf.random.stateless_normal([3, config.sequence_length, config.d_model], seed=[1, 2])
+  weights = decoder.embedding.embeddings if tie_decoder else decoder.kernel
+  expected = tf.einsum('btd,vd->btv' if tie_decoder else 'btd,dv->btv', h, weights) + decoder.bias
+  logits = decoder(h)
+  assert logits.shape == (3, config.sequence_length, 50)
+  np.testing.assert_allclose(logits.numpy(), expected.numpy(), rtol=1e-5, atol=1e-6)
+  assert model.output_shape == (None, config.sequence_length, 50)

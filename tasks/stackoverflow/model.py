@@ -112,7 +112,9 @@ def _project(h, weights, bias, *, transpose: bool):
   """
   d = tf.shape(h)[-1]
   logits = tf.matmul(tf.reshape(h, [-1, d]), weights, transpose_b=transpose) + bias
-  return tf.reshape(logits, tf.concat([tf.shape(h)[:-1], [-1]], 0))
+  logits = tf.reshape(logits, tf.concat([tf.shape(h)[:-1], [-1]], 0))
+  logits.set_shape(h.shape[:-1].concatenate(bias.shape))
+  return logits
 
 
 class TiedDecoder(tf.keras.layers.Layer):
