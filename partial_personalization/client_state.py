@@ -100,12 +100,14 @@ class ClientStateStore:
           'started with another model or personalization; use another '
           '--experiment_name.')
 
-  def _transaction(self):
+  def _transaction(self, mode: str = 'IMMEDIATE'):
+    """A write (IMMEDIATE) or read (DEFERRED) transaction: one snapshot, one
+    round trip to the journal for a whole round's rows."""
     conn = self._conn
 
     class _Tx:
       def __enter__(self):
-        conn.execute('BEGIN IMMEDIATE')
+        conn.execute(f'BEGIN {mode}')
 
       def __exit__(self, exc_type, *_):
         conn.execute('ROLLBACK' if exc_type else 'COMMIT')
@@ -135,13 +137,12 @@ class ClientStateStore:
     Rows superseded at a commit are pruned, so `before_round` must be past the
     committed round (as in training and final evaluation).
     """
-    result = []
-    for cid in client_ids:
-      row = self._conn.execute(
+    with self._transaction('DEFERRED'):
+      rows = [self._conn.execute(
           'SELECT weights FROM personal WHERE client_id = ? AND round < ? '
           'ORDER BY round DESC LIMIT 1', (cid, before_round)).fetchone()
-      result.append(deserialize_weights(row[0]) if row else self._initial)
-    return result
+              for cid in client_ids]
+    return [deserialize_weights(row[0]) if row else self._initial for row in rows]
 
   def write(self, round_num: int, client_ids: Sequence[str],
             weights: Sequence[ModelWeights]) -> None:
@@ -175,13 +176,12 @@ class ClientStateStore:
 
     As `read`, `before_round` must be past the committed round.
     """
-    result = []
-    for cid in client_ids:
-      row = self._conn.execute(
+    with self._transaction('DEFERRED'):
+      rows = [self._conn.execute(
           'SELECT participations FROM personal WHERE client_id = ? AND round < ? '
           'ORDER BY round DESC LIMIT 1', (cid, before_round)).fetchone()
-      result.append(row[0] if row else 0)
-    return result
+              for cid in client_ids]
+    return [row[0] if row else 0 for row in rows]
 
   def client_ids(self) -> list[str]:
     """Clients with stored personal weights (i.e. that trained at least once)."""

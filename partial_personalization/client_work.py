@@ -30,6 +30,22 @@ def phase_dataset(dataset: tf.data.Dataset, count: int, unit: str) -> tf.data.Da
   return dataset.repeat().take(count)
 
 
+def batches_after(dataset: tf.data.Dataset, after=()):
+  """An iterator over `dataset`, created only once the tensors `after` exist.
+
+  Inside a `tf.function`, local loops iterate with `iter()`: a plain `for`
+  over a dataset becomes a DatasetReduce op whose body TensorFlow
+  re-instantiates on every call (a fixed ~0.3 CPU-s per client and pass).
+  But iterator-creating ops are not ordered among themselves, and each pass
+  over a shuffled dataset draws the next seeds of its shuffle: without
+  `after`, FedAlt's v and u passes could swap their samples from run to run.
+  Passing the previous pass's result makes pass k always draw the k-th
+  shuffle, as the eager order (and the DatasetReduce loops) did.
+  """
+  with tf.control_dependencies(list(after)):
+    return iter(dataset)
+
+
 def assign(variables, values):
   tf.nest.map_structure(lambda v, t: v.assign(t), variables, values)
 
@@ -124,8 +140,9 @@ def build_client_update(
     def specs(variables):
       return tuple(tf.TensorSpec(v.shape, v.dtype) for v in variables)
 
-    def run_pass(data, train_shared: bool, train_personal: bool, record: bool):
-      """One phase of local SGD on the selected parts; returns examples seen."""
+    def run_pass(data, train_shared: bool, train_personal: bool, record: bool, after=()):
+      """One phase of local SGD on the selected parts, after the tensors
+      `after` (the previous pass); returns examples seen."""
       groups = []  # (variables, optimizer, l2)
       if train_shared and shared_vars.trainable:
         groups.append((tuple(shared_vars.trainable), client_optimizer, 0.0))
@@ -133,10 +150,7 @@ def build_client_update(
         groups.append((tuple(personal_vars.trainable), personal_optimizer, personal_l2))
       states = tuple(opt.initialize(specs(vs)) for vs, opt, _ in groups)
       num_examples = tf.constant(0, tf.int64)
-      # `iter()`: a plain `for` over a dataset becomes a DatasetReduce op whose
-      # body TensorFlow re-instantiates on every call, a fixed ~0.3 CPU-s per
-      # client and pass; the iterator loop is instantiated once.
-      for batch in iter(data):
+      for batch in batches_after(data, after):
         with tf.GradientTape() as tape:
           output = model.forward_pass(batch, training=True)
           batch_loss = loss(output.labels, output.predictions)
@@ -160,10 +174,11 @@ def build_client_update(
       assign(personal_vars, personal)
       initial_shared = tf.nest.map_structure(tf.identity, shared.trainable)
       if alternating:
+        personal_pass = ()
         if personal_vars.trainable and tau_v > 0:
-          run_pass(phase_dataset(dataset, tau_v, local_unit), False, True, False)
+          personal_pass = [run_pass(phase_dataset(dataset, tau_v, local_unit), False, True, False)]
         num_examples = run_pass(
-            phase_dataset(dataset, tau_u, local_unit), True, False, True)
+            phase_dataset(dataset, tau_u, local_unit), True, False, True, after=personal_pass)
       else:
         num_examples = run_pass(
             phase_dataset(dataset, tau_u, local_unit), True, True, True)
@@ -213,7 +228,7 @@ def build_client_evaluation(
       else:
         assign(shared_vars, shared)
         assign(personal_vars, personal)
-      for batch in iter(dataset):
+      for batch in batches_after(dataset):
         output = model.forward_pass(batch, training=False)
         record_metrics(metrics, output, loss(output.labels, output.predictions))
       return read_metrics(metrics)

@@ -69,13 +69,14 @@ def build_ffgg_client_update(
         model_fn, loss_fn, metrics_fn)
     loss = loss_fn()
 
-    def full_gradient(variables, record):
-      """Example-weighted mean of the batch gradients over the dataset."""
+    def full_gradient(variables, record, after):
+      """Example-weighted mean of the batch gradients over the dataset, in a
+      pass that starts after the tensors `after` (client_work.batches_after)."""
       variables = list(variables)
 
       sums = [tf.zeros_like(v) for v in variables]
       total = tf.constant(0.0)
-      for batch in iter(dataset):  # iter(): see client_work.
+      for batch in client_work.batches_after(dataset, after):
         with tf.GradientTape() as tape:
           output = model.forward_pass(batch, training=True)
           batch_loss = loss(output.labels, output.predictions)
@@ -87,16 +88,18 @@ def build_ffgg_client_update(
         total += n
       return [tf.math.divide_no_nan(s, total) for s in sums], total
 
-    def gd(variables, optimizer, steps, record_last=False):
-      """`steps` full-batch steps; returns the mean of their gradients and
-      the examples of the last one (the step after the last gradient is not
-      taken when `record_last`: that gradient is what the client sends)."""
+    def gd(variables, optimizer, steps, record_last=False, after=()):
+      """`steps` full-batch steps, each pass after the previous one; returns
+      the mean of their gradients and the examples of the last one (the step
+      after the last gradient is not taken when `record_last`: that gradient
+      is what the client sends)."""
       state = optimizer.initialize(tuple(tf.TensorSpec(v.shape, v.dtype) for v in variables))
       grad_sum = [tf.zeros_like(v) for v in variables]
       examples = tf.constant(0.0)
       for step in range(steps):  # Unrolled: tau and K are small.
         last = record_last and step == steps - 1
-        grads, examples = full_gradient(variables, record=last)
+        grads, examples = full_gradient(variables, record=last, after=after)
+        after = [examples]
         grad_sum = [a + g for a, g in zip(grad_sum, grads)]
         if not last:
           state, new_values = optimizer.next(state, tuple(variables), tuple(grads))
@@ -107,10 +110,11 @@ def build_ffgg_client_update(
     def local_update(shared, personal):
       client_work.assign(shared_vars, shared)
       client_work.assign(personal_vars, personal)
+      personal_passes = ()
       if personal_vars.trainable and tau_v > 0:
-        gd(personal_vars.trainable, personal_optimizer, tau_v)
+        personal_passes = [gd(personal_vars.trainable, personal_optimizer, tau_v)[1]]
       update, examples = gd(shared_vars.trainable, client_optimizer, local_steps,
-                            record_last=True)
+                            record_last=True, after=personal_passes)
       return collections.OrderedDict(
           shared_update=update,
           update_weight=examples,

@@ -45,12 +45,14 @@ def _step(optimizer, state, variables, grads):
   return state
 
 
-def _pass(model, loss, variables, data, optimizer, anchor=None, prox=0.0, metrics=()):
-  """Local steps over `data` on `variables`; with `anchor`, the gradient gets
+def _pass(model, loss, variables, data, optimizer, anchor=None, prox=0.0, metrics=(),
+          after=()):
+  """Local steps over `data` on `variables`, after the tensors `after` (see
+  `client_work.batches_after`); with `anchor`, the gradient gets
   prox * (var - anchor). Returns the number of examples seen."""
   state = optimizer.initialize(_specs(variables))
   num_examples = tf.constant(0, tf.int64)
-  for batch in iter(data):  # iter(): see client_work.
+  for batch in client_work.batches_after(data, after):
     with tf.GradientTape() as tape:
       output = model.forward_pass(batch, training=True)
       batch_loss = loss(output.labels, output.predictions)
@@ -121,14 +123,14 @@ def build_ditto_client_update(
     def update(shared, personal, dataset):
       anchor = [tf.identity(t) for t in shared.trainable]
       client_work.assign(variables, personal)
-      _pass(model, loss, variables.trainable,
-            client_work.phase_dataset(dataset, tau_v, local_unit),
-            personal_optimizer, anchor, prox_strength)
+      personal_pass = _pass(model, loss, variables.trainable,
+                            client_work.phase_dataset(dataset, tau_v, local_unit),
+                            personal_optimizer, anchor, prox_strength)
       new_personal = tf.nest.map_structure(lambda v: v.read_value(), variables)
       client_work.assign(variables, shared)
       num_examples = _pass(model, loss, variables.trainable,
                            client_work.phase_dataset(dataset, tau_u, local_unit),
-                           client_optimizer, metrics=metrics)
+                           client_optimizer, metrics=metrics, after=[personal_pass])
       return _output(anchor, variables.trainable, num_examples, new_personal, metrics)
 
     return update(shared, personal, dataset)
@@ -184,7 +186,8 @@ def build_pfedme_client_update(
       theta_state = personal_optimizer.initialize(_specs(theta))
       w_state = client_optimizer.initialize(_specs(w))
       num_examples = tf.constant(0, tf.int64)
-      for batch in iter(client_work.phase_dataset(dataset, tau_u, local_unit)):
+      for batch in client_work.batches_after(
+          client_work.phase_dataset(dataset, tau_u, local_unit)):
         for k in range(inner_steps):
           with tf.GradientTape() as tape:
             output = model.forward_pass(batch, training=True)

@@ -121,6 +121,7 @@ def build_personalized_process(
     inner_steps: int = 5,
     local_steps: int = 1,
     model_aggregator: Optional[tff.aggregators.WeightedAggregationFactory] = None,
+    evaluation_loss_fn: Optional[Callable[[], tf.keras.losses.Loss]] = None,
 ) -> PersonalizedProcess:
   """Builds FedAlt, FedSim, FFGG, or the full-personalization Ditto and pFedMe.
 
@@ -149,6 +150,8 @@ def build_personalized_process(
     model_aggregator: Weighted aggregation factory for u updates; defaults to
       `tff.aggregators.MeanFactory()` (example-weighted mean); see
       `robust_aggregators` for Byzantine-robust ones.
+    evaluation_loss_fn: The loss of `evaluate` (no gradient taken), e.g. a
+      cheaper form of the same loss; defaults to `loss_fn`.
 
   Returns:
     A `PersonalizedProcess`.
@@ -278,7 +281,8 @@ def build_personalized_process(
   return PersonalizedProcess(
       initialize_fn, next_fn, client_step=client_step, server_step=server_step,
       evaluate=build_personalized_evaluation(
-          model_fn, loss_fn=loss_fn, metrics_fn=metrics_fn, personal_replaces_shared=full),
+          model_fn, loss_fn=evaluation_loss_fn or loss_fn, metrics_fn=metrics_fn,
+          personal_replaces_shared=full),
       shared_type=shared_type, personal_type=personal_type)
 
 

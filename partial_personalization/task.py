@@ -46,6 +46,8 @@ class PersonalizationTask:
       (StackOverflow: token ids cached once, see `token_cache`).
     eval_dataset_fn: Optional fast path of `eval_dataset`: (split, client id)
       -> the same batches as `eval_preprocess_fn`.
+    evaluation_loss_fn: Optional loss for evaluation only, where no gradient
+      is taken (the same values as `loss_fn`, cheaper); default `loss_fn`.
   """
 
   name: str
@@ -64,6 +66,11 @@ class PersonalizationTask:
   client_groups_fn: Optional[Callable[[], dict]] = None
   train_dataset_fn: Optional[Callable[[str, int], tf.data.Dataset]] = None
   eval_dataset_fn: Optional[Callable[[str, str], tf.data.Dataset]] = None
+  evaluation_loss_fn: Optional[Callable[[], tf.keras.losses.Loss]] = None
+
+  def __post_init__(self):
+    if self.evaluation_loss_fn is None:
+      object.__setattr__(self, 'evaluation_loss_fn', self.loss_fn)
 
   def client_data(self, split: str):
     """The raw `ClientData` of 'train', 'heldout' or 'test'.

@@ -1,6 +1,7 @@
 """Training and evaluation throughput against a plain-TensorFlow floor.
 
   bazel run //runners:benchmark -- --model_sizes=tiny,mini --clients_per_round=12,50
+  bazel run //runners:benchmark -- --profile
 
 For each algorithm (FedAvg, FedAlt, the report's evaluation), model size and
 number of clients, runs the executors and the two plain-TensorFlow floors,
@@ -18,6 +19,7 @@ from partial_personalization import runtime
 from runners import benchmark_lib
 from runners import flags_lib
 from runners import paths
+from runners import profile_lib
 
 _EXECUTORS = flags.DEFINE_list(
     'executors', ['local', benchmark_lib.PLAIN_TF, benchmark_lib.PLAIN_TF_PARALLEL],
@@ -40,6 +42,8 @@ _LOGICAL_CPUS = flags.DEFINE_integer('logical_cpus', 2, 'accelerated without GPU
 _DUMP_DIRS = flags.DEFINE_list('dump_dirs', ['../shared/data/stackexchange'],
                                'Stack Exchange dumps, converted once into <output_dir>/data.')
 _OUTPUT_DIR = flags.DEFINE_string('output_dir', 'output/benchmark', 'Results folder.')
+_PROFILE = flags.DEFINE_bool('profile', False, 'Instead of the cases: where one round\'s '
+                             'per-client time goes (runners/profile_lib.py), to profile.md.')
 
 
 def _run():
@@ -56,6 +60,14 @@ def _run():
       data_dir=data_dir, rounds=_ROUNDS.value, warmup_rounds=_WARMUP.value,
       max_examples_per_client=_MAX_EXAMPLES.value, eval_clients=_EVAL_CLIENTS.value,
       num_workers=_NUM_WORKERS.value, logical_cpus=_LOGICAL_CPUS.value)
+  if _PROFILE.value:
+    with flags_lib.tff_runtime(runtime.ExecutorConfig()):  # It runs in a child process.
+      table = profile_lib.profile(profile_lib.ProfileSettings(data_dir=data_dir))
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, 'profile.md'), 'w') as f:
+      f.write(profile_lib.to_markdown(table) + '\n')
+    print('\n' + profile_lib.to_markdown(table))
+    return
   cases = []
   for algorithm in _ALGORITHMS.value:
     for size in _MODEL_SIZES.value:

@@ -325,7 +325,7 @@ def build_runner(config, task, named_init, store, *, population=None,
       tau_u=config.tau_u, tau_v=config.tau_v, local_unit=config.local_unit,
       personal_l2=config.personal_l2, prox_strength=config.prox_strength,
       inner_steps=config.inner_steps, local_steps=config.local_steps,
-      model_aggregator=aggregator)
+      model_aggregator=aggregator, evaluation_loss_fn=task.evaluation_loss_fn)
   population = sorted(population or task.train_data.client_ids)
   if config.asynchronous:
     if make_dataset is None:
@@ -466,7 +466,8 @@ def train(config: TrainConfig) -> dict:
     evaluate = runner.process.evaluate  # Built with the process; no second trace.
   else:
     evaluate = personalized_process.build_personalized_evaluation(
-        task.reconstruction_model_fn, loss_fn=task.loss_fn, metrics_fn=task.metrics_fn)
+        task.reconstruction_model_fn, loss_fn=task.evaluation_loss_fn,
+        metrics_fn=task.metrics_fn)
   metric = task.report_metric
   heldout_ids = set(task.heldout_data.client_ids)
   eval_ids = [c for c in evaluation_clients(task, config) if c in heldout_ids]
@@ -539,7 +540,8 @@ def _report_weights(config, task, evaluate, final_named, store, ids, bar):
     part = config.finetune_personalization or 'full'
     task = create_task(config, personalization=part)
     evaluate = personalized_process.build_personalized_evaluation(
-        task.reconstruction_model_fn, loss_fn=task.loss_fn, metrics_fn=task.metrics_fn)
+        task.reconstruction_model_fn, loss_fn=task.evaluation_loss_fn,
+        metrics_fn=task.metrics_fn)
     u, v0 = task.partition.split(task.complete_weights_fn(final_named, task.partition.shapes))
     personal = [v0] * len(ids)
   else:  # Full personalization stores whole models as v_i; u is unused then.
@@ -579,20 +581,22 @@ def finetune_clients(finetune, task, config, u, personal, ids, *, progress=None)
   return tuned
 
 
-def _baseline_results(config, task, baseline_named, start_weights, splits, bar) -> dict:
+def _baseline_results(config, task, baseline_named, start_weights, splits, bar,
+                      evaluate=None) -> dict:
   """Per-client results of the non-personalized model on each split.
 
   Args:
     splits: split name -> (client ids, evaluation datasets).
 
   Cached beside `--baseline_model` (`baseline_eval_<split>.csv`), since every
-  run of a grid compares with the same model on the same clients; the
-  evaluation computation is built at most once, for the splits not cached.
+  run of a grid compares with the same model on the same clients. `evaluate`
+  is the run's own evaluation computation when it takes this task's (u, v);
+  otherwise one is built, at most once, for the splits not cached.
   """
   metric = task.report_metric
   cache_dir = config.baseline_model if config.baseline_model and os.path.isdir(
       config.baseline_model) else None
-  results, evaluate = {}, None
+  results, u = {}, None
   for split, (ids, sets) in splits.items():
     path = cache_dir and os.path.join(cache_dir, f'baseline_eval_{split}.csv')
     if path and os.path.exists(path):
@@ -601,9 +605,11 @@ def _baseline_results(config, task, baseline_named, start_weights, splits, bar) 
         results[split] = cached.loc[ids]
         bar.update(len(ids))
         continue
-    if evaluate is None:  # The run's model with the baseline's weights.
+    if evaluate is None:
       evaluate = personalized_process.build_personalized_evaluation(
-          task.reconstruction_model_fn, loss_fn=task.loss_fn, metrics_fn=task.metrics_fn)
+          task.reconstruction_model_fn, loss_fn=task.evaluation_loss_fn,
+          metrics_fn=task.metrics_fn)
+    if u is None:  # The run's model with the baseline's weights.
       # Variables the baseline lacks (adapters: identity at their start) come
       # from this run's start weights.
       named = {**start_weights, **task.complete_weights_fn(baseline_named, task.partition.shapes)}
@@ -646,8 +652,11 @@ def write_report(config, task, evaluate, final_named, store, start_weights, *,
     h_sets = eval_datasets(task, 'heldout', h_ids)
     pers_heldout = evaluation.evaluate_clients(
         evaluate, u, [by_id[c] for c in h_ids], h_sets, h_ids, metric, progress=bar.update)
+    # Partial personalization evaluates (u, v) of this task: reuse its computation.
+    partial = config.algorithm in personalized_process.PARTIAL_ALGORITHMS
     base = _baseline_results(config, task, baseline_named, start_weights, {
-        'test': (ids, test_sets), 'heldout': (h_ids, h_sets)}, bar)
+        'test': (ids, test_sets), 'heldout': (h_ids, h_sets)}, bar,
+        evaluate=evaluate if partial else None)
     base, base_heldout = base['test'], base['heldout']
   per_client, summary = evaluation.personalization_report(pers, base, metric)
   attack = _attack(config)

@@ -91,6 +91,36 @@ def test_two_rounds_match_reference(algorithm, tau_u, tau_v, unit, server_lr):
     assert metrics['client_work']['loss'] > 0
 
 
+def _shuffled(seed):
+  xs = np.array([1.0, 2.0, -1.0, 0.5, 1.5, -0.5], np.float32)
+  return tf.data.Dataset.from_tensor_slices((xs[:, None], (2.0 * xs + 1.0)[:, None])).shuffle(
+      8, seed=seed).take(3).batch(1)
+
+
+def test_fedalt_passes_draw_their_shuffles_in_order():
+  """Each pass over a shuffled client dataset reshuffles; the v pass must see
+  the first shuffle and the u pass the second, on every run (iterator
+  creation is otherwise unordered in a graph, see client_work.batches_after)."""
+  process = _process('fedalt')
+  u0, v0 = 0.3, 0.25
+  # Eager reference: passes over one fresh dataset draw the shuffles in order.
+  dataset = _shuffled(11)
+  v_pass = [(float(x), float(y)) for x, y in dataset.repeat(1).unbatch()]
+  u_pass = [(float(x), float(y)) for x, y in dataset.repeat(1).unbatch()]
+  assert v_pass != u_pass  # Otherwise the test could not tell the order.
+  v = v0
+  for x, y in v_pass:
+    v -= PERSONAL_LR * _grad(u0, v, x, y)
+  u = u0
+  for x, y in u_pass:
+    u -= LR * _grad(u, v, x, y)
+  for _ in range(3):
+    state = process.set_model_weights(process.initialize(), tm.weights(u0))
+    state, personal, _ = process.next(state, [tm.weights(v0)], [_shuffled(11)])
+    assert tm.scalar(personal[0]) == pytest.approx(v, rel=1e-5)
+    assert tm.scalar(process.get_model_weights(state)) == pytest.approx(u, rel=1e-5)
+
+
 def test_fedalt_and_fedsim_differ():
   # Same start, one round: FedAlt moves v first, so its u update differs.
   results = []
