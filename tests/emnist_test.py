@@ -185,6 +185,7 @@ def test_split_client_data_is_disjoint_covering_and_seeded(cache_dir):
     splits.split_client_data(train, (0.5, 0.6))
 
 
+@pytest.mark.slow
 def test_train_fedavg_then_fedalt_adapter_on_real_writers(cache_dir, tmp_path):
   common = dict(root_output_dir=str(tmp_path), task='emnist', cache_dir=cache_dir,
                 width_multiplier=0.25, client_learning_rate=0.1, clients_per_round=4,

@@ -13,6 +13,8 @@ from runners import grid_lib
 from runners import train_lib
 import conftest
 
+pytestmark = pytest.mark.slow  # trains and reports on two real sites, and a grid slice
+
 # All 8 clients of both sites train every round.
 CLIENTS = conftest.TWO_SITES_CLIENTS
 

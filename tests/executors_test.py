@@ -29,6 +29,8 @@ from partial_personalization import remote_context
 from partial_personalization import runtime
 from partial_personalization import training_loop
 
+pytestmark = pytest.mark.slow  # starts TFF workers and runs every executor
+
 REPO = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
 INPUT_SPEC = (tf.TensorSpec([None, 4], tf.float32), tf.TensorSpec([None], tf.int32))
 NUM_CLIENTS, ROUNDS = 5, 3

@@ -118,6 +118,7 @@ def test_task_split_and_preprocessing(fixture):
   assert first[0].shape[1:] == (32, 32, 3)
 
 
+@pytest.mark.slow
 def test_training_rounds_on_fixture(fixture, tmp_path):
   cache_dir, _ = fixture
   common = dict(root_output_dir=str(tmp_path), task='gldv2', cache_dir=cache_dir,

@@ -65,6 +65,7 @@ def test_kmeans_separates_clients_by_label_histogram():
   assert groups['a0'] != groups['b0']
 
 
+@pytest.mark.slow
 def test_group_fine_tuning_touches_only_that_groups_clients(cache_dir, tmp_path, monkeypatch):
   groups = convert_lib.load_client_groups(cache_dir)
   site = SITES[1]
@@ -93,6 +94,7 @@ def test_group_fine_tuning_touches_only_that_groups_clients(cache_dir, tmp_path,
         total_rounds=1, **_common(cache_dir, str(tmp_path))))
 
 
+@pytest.mark.slow
 def test_three_stages_report_every_variant(cache_dir, tmp_path):
   settings = group_lib.GroupSettings(global_rounds=2, group_rounds=2, finetune_epochs=1)
   common = _common(cache_dir, str(tmp_path))

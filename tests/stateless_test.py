@@ -58,6 +58,7 @@ def test_stateful_runner_differs(tmp_path):
   assert tm.scalar(process.get_model_weights(state)) != pytest.approx(stateless_u, rel=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('tau_u,tau_v', [(1, 1), (2, 3)])
 def test_stateless_fedalt_equals_tff_fed_recon(tau_u, tau_v):
   ours = ref._process('fedalt', tau_u=tau_u, tau_v=tau_v)

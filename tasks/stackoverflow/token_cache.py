@@ -27,6 +27,7 @@ import logging
 import os
 import tempfile
 from typing import Mapping
+import zipfile
 
 import numpy as np
 import tensorflow as tf
@@ -148,7 +149,7 @@ def _load(path: str, key: str, names) -> dict[str, TokenizedSplit] | None:
         return None
       return {n: TokenizedSplit(tuple(data[f'{n}/client_ids'].tolist()),
                                 data[f'{n}/offsets'], data[f'{n}/tokens']) for n in names}
-  except (OSError, ValueError, KeyError) as e:  # Truncated or foreign file.
+  except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:  # Truncated, foreign.
     logging.warning('%s is unreadable (%s); rebuilding it', path, e)
     return None
 
