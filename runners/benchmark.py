@@ -42,6 +42,10 @@ _LOGICAL_CPUS = flags.DEFINE_integer('logical_cpus', 2, 'accelerated without GPU
 _DUMP_DIRS = flags.DEFINE_list('dump_dirs', ['../shared/data/stackexchange'],
                                'Stack Exchange dumps, converted once into <output_dir>/data.')
 _OUTPUT_DIR = flags.DEFINE_string('output_dir', 'output/benchmark', 'Results folder.')
+_GRAPPLER = flags.DEFINE_bool(
+    'grappler', True, 'TensorFlow\'s graph optimizer on (default) or off (--nograppler), '
+    'in the floors and in TFF\'s computations alike. Rows of both settings can share '
+    'one --output_dir; "x floor" is against the fastest floor of either.')
 _PROFILE = flags.DEFINE_bool('profile', False, 'Instead of the cases: where one round\'s '
                              'per-client time goes (runners/profile_lib.py), to profile.md.')
 
@@ -59,7 +63,8 @@ def _run():
   settings = benchmark_lib.Settings(
       data_dir=data_dir, rounds=_ROUNDS.value, warmup_rounds=_WARMUP.value,
       max_examples_per_client=_MAX_EXAMPLES.value, eval_clients=_EVAL_CLIENTS.value,
-      num_workers=_NUM_WORKERS.value, logical_cpus=_LOGICAL_CPUS.value)
+      num_workers=_NUM_WORKERS.value, logical_cpus=_LOGICAL_CPUS.value,
+      grappler=_GRAPPLER.value)
   if _PROFILE.value:
     with flags_lib.tff_runtime(runtime.ExecutorConfig()):  # It runs in a child process.
       table = profile_lib.profile(profile_lib.ProfileSettings(data_dir=data_dir))

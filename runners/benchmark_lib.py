@@ -74,6 +74,10 @@ class Settings:
   seed: int = 0
   num_workers: int = 2  # remote: workers started on this machine per case
   logical_cpus: int = 2  # accelerated: CPU devices to spread clients over (no GPU)
+  # False: TensorFlow's graph optimizer (Grappler) off, set before tracing, so
+  # it holds in the floors and, through the traced function calls' config, in
+  # TFF's worker too. Which is faster depends on the model and the algorithm.
+  grappler: bool = True
 
 
 def _peak_kb(pid: int) -> int:
@@ -269,6 +273,8 @@ def _tff_rounds(task, config, settings: Settings, case: Case, run_dir: str, work
 def _measure_in_child(case: Case, settings: Settings, workers: Sequence[str], worker_pids,
                       queue) -> None:
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  if not settings.grappler:
+    tf.config.optimizer.set_experimental_options({'disable_meta_optimizer': True})
   if case.executor == PLAIN_TF_PARALLEL:
     tf.config.threading.set_intra_op_parallelism_threads(1)
   if case.executor == 'accelerated' and settings.logical_cpus > 1:
@@ -341,7 +347,8 @@ def measure(case: Case, settings: Settings) -> dict:
   wall = float(np.mean([t[0] for t in result['times']]))
   cpu = float(np.mean([t[1] for t in result['times']]))
   per_client = (settings.max_examples_per_client if case.algorithm != 'evaluation' else None)
-  row = dict(executor=case.executor, algorithm=case.algorithm, model_size=case.model_size,
+  row = dict(executor=case.executor, grappler=settings.grappler, algorithm=case.algorithm,
+             model_size=case.model_size,
              clients_per_round=(case.clients_per_round if case.algorithm != 'evaluation'
                                 else settings.eval_clients),
              rounds=len(result['times']), seconds_per_round=wall, cpu_seconds_per_round=cpu,
@@ -354,12 +361,15 @@ def measure(case: Case, settings: Settings) -> dict:
 
 
 def add_ratios(table: pd.DataFrame) -> pd.DataFrame:
-  """Round time over the floor's (the faster plain-TF variant) of the same
-  configuration, and over `local`'s."""
+  """Round time over the floor's (the fastest plain-TF variant, Grappler on or
+  off) of the same configuration, and over `local`'s (Grappler on)."""
   table = table.copy()
   key = ['algorithm', 'model_size', 'clients_per_round']
   floor = table[table.executor.isin(FLOORS)].groupby(key).seconds_per_round.min()
-  local = table[table.executor == 'local'].set_index(key).seconds_per_round
+  if 'grappler' not in table:
+    table['grappler'] = True
+  table['grappler'] = table.grappler.fillna(True).astype(bool)
+  local = table[(table.executor == 'local') & table.grappler].set_index(key).seconds_per_round
   table['x_floor'] = [r.seconds_per_round / floor.get(tuple(getattr(r, k) for k in key), np.nan)
                       for r in table.itertuples()]
   table['x_local'] = [r.seconds_per_round / local.get(tuple(getattr(r, k) for k in key), np.nan)
@@ -368,13 +378,14 @@ def add_ratios(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def to_markdown(table: pd.DataFrame) -> str:
-  lines = ['| algorithm | model | clients | executor | s/round | CPU-s/round | sentences/s | '
+  lines = ['| algorithm | model | clients | executor | Grappler | s/round | CPU-s/round | sentences/s | '
            'sentences/CPU-s | clients/s | driver peak MB | worker peak MB | x floor |',
-           '|---|---|---|---|---|---|---|---|---|---|---|---|']
+           '|---|---|---|---|---|---|---|---|---|---|---|---|---|']
   fmt = lambda v, f: '' if v is None or (isinstance(v, float) and np.isnan(v)) else format(v, f)
   for r in table.to_dict('records'):
     lines.append(
         f"| {r['algorithm']} | {r['model_size']} | {r['clients_per_round']} | {r['executor']} | "
+        f"{'on' if r['grappler'] else 'off'} | "
         f"{r['seconds_per_round']:.2f} | {r['cpu_seconds_per_round']:.2f} | "
         f"{fmt(r.get('sentences_per_second'), '.0f')} | "
         f"{fmt(r.get('sentences_per_cpu_second'), '.0f')} | {r['clients_per_second']:.1f} | "
@@ -384,7 +395,9 @@ def to_markdown(table: pd.DataFrame) -> str:
 
 def _done(rows, case: Case, settings: Settings) -> bool:
   clients = case.clients_per_round if case.algorithm != 'evaluation' else settings.eval_clients
+  grappler = lambda r: str(r.get('grappler', True)) not in ('False', '0', '0.0')  # old rows: on
   return any(r['executor'] == case.executor and r['algorithm'] == case.algorithm and
+             grappler(r) == settings.grappler and
              r['model_size'] == case.model_size and r['clients_per_round'] == clients
              for r in rows)
 
@@ -410,7 +423,8 @@ def run(cases: Sequence[Case], settings: Settings, output_dir: Optional[str] = N
   table = add_ratios(pd.DataFrame(rows))
   order = {e: i for i, e in enumerate(CASE_EXECUTORS)}
   table = table.sort_values(
-      ['algorithm', 'model_size', 'clients_per_round', 'executor'],
+      ['algorithm', 'model_size', 'clients_per_round', 'executor', 'grappler'],
+      ascending=[True, True, True, True, False],
       key=lambda c: c.map(order) if c.name == 'executor' else (
           c.map({a: i for i, a in enumerate(ALGORITHMS)}) if c.name == 'algorithm' else c))
   if output_dir:
