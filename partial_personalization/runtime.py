@@ -20,7 +20,9 @@ import contextlib
 import dataclasses
 import gc
 import os
+import signal
 import subprocess
+import threading
 from typing import Optional
 
 import tensorflow_federated as tff
@@ -135,11 +137,30 @@ def _environment(values: dict[str, str]):
         os.environ[k] = v
 
 
+@contextlib.contextmanager
+def _sigint_default():
+  """SIGINT's default action in children started inside. A program started
+  in the background by a script has SIGINT ignored, and its children inherit
+  that; TFF stops a context's worker with SIGINT and waits without a timeout
+  (when the context is dropped, e.g. by `tff.framework.set_default_context`),
+  so such a worker would hang its driver."""
+  restore = (threading.current_thread() is threading.main_thread() and
+             signal.getsignal(signal.SIGINT) == signal.SIG_IGN)
+  if restore:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+  try:
+    yield
+  finally:
+    if restore:
+      signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _start_local_worker(context, concurrent_calls: int) -> None:
-  """Starts the context's worker now, with `worker_environment`, instead of
-  at the first computation; the driver's own TensorFlow keeps its settings.
-  A worker TFF restarts later (after a crash) gets TensorFlow's defaults."""
-  with _environment(worker_config.worker_environment(concurrent_calls)):
+  """Starts the context's worker now, with `worker_environment` and SIGINT's
+  default action, instead of at the first computation; the driver's own
+  TensorFlow keeps its settings. A worker TFF restarts later (after a crash)
+  gets TensorFlow's defaults."""
+  with _environment(worker_config.worker_environment(concurrent_calls)), _sigint_default():
     for manager in _service_managers(context):
       manager.get_stub()
 

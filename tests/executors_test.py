@@ -317,3 +317,37 @@ def test_local_worker_stops_on_error_and_signals(action, how):
   while _workers_with_marker(marker) and time.time() < deadline:
     time.sleep(0.2)
   assert not _workers_with_marker(marker), 'a TFF worker outlived its job'
+
+
+_DROP_CONTEXT = '''
+import gc, signal, sys
+sys.path.insert(0, {repo!r})
+import tensorflow_federated as tff
+from tensorflow_federated.python.core.impl.context_stack import runtime_error_context
+from partial_personalization import runtime
+
+assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN  # As a background job's.
+runtime.set_executor(runtime.ExecutorConfig('local'))  # Starts the worker.
+# TFF stops a dropped context's worker with SIGINT and waits for it.
+tff.framework.set_default_context(runtime_error_context.RuntimeErrorContext())
+gc.collect()
+print('context replaced', flush=True)
+'''
+
+
+def test_background_job_can_drop_the_local_context():
+  """A job started in the background (SIGINT ignored, inherited by its
+  children) replaces the local context without our shutdown: TFF's own
+  SIGINT must still stop the worker, not hang the job."""
+  proc = subprocess.Popen(
+      [sys.executable, '-c', _DROP_CONTEXT.format(repo=REPO)], stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE, text=True,
+      preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+  try:
+    out, err = proc.communicate(timeout=90)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+      pytest.fail('the job hung stopping its TFF worker')
+  assert proc.returncode == 0, err[-2000:]
+  assert 'context replaced' in out
