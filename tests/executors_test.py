@@ -339,10 +339,12 @@ def test_background_job_can_drop_the_local_context():
   """A job started in the background (SIGINT ignored, inherited by its
   children) replaces the local context without our shutdown: TFF's own
   SIGINT must still stop the worker, not hang the job."""
+  # The shell ignores SIGINT as a background job would, and exec keeps that
+  # (no preexec_fn: forking this multithreaded process to run Python is unsafe).
   proc = subprocess.Popen(
-      [sys.executable, '-c', _DROP_CONTEXT.format(repo=REPO)], stdout=subprocess.PIPE,
-      stderr=subprocess.PIPE, text=True,
-      preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+      ['sh', '-c', 'trap "" INT; exec "$0" -c "$1"', sys.executable,
+       _DROP_CONTEXT.format(repo=REPO)],
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   try:
     out, err = proc.communicate(timeout=90)
   finally:
