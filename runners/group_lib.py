@@ -127,8 +127,7 @@ def _finetune_and_evaluate(common: dict, settings: GroupSettings, model_dirs: di
   task = train_lib.create_task(config, personalization=part)
   metric = task.report_metric
   finetune = train_lib.build_finetuning(config, task, settings.finetune_epochs)
-  evaluate = personalized_process.build_personalized_evaluation(
-      task.reconstruction_model_fn, loss_fn=task.evaluation_loss_fn, metrics_fn=task.metrics_fn)
+  evaluate = train_lib.build_evaluation(task)
   start, tuned = [], []
   by_model = pd.Series(assignment).groupby(lambda c: assignment[c])
   with tqdm.tqdm(total=2 * len(assignment), desc='local finetuning', unit='client',

@@ -465,9 +465,7 @@ def train(config: TrainConfig) -> dict:
   if isinstance(runner, training_loop.PersonalizedRunner):
     evaluate = runner.process.evaluate  # Built with the process; no second trace.
   else:
-    evaluate = personalized_process.build_personalized_evaluation(
-        task.reconstruction_model_fn, loss_fn=task.evaluation_loss_fn,
-        metrics_fn=task.metrics_fn)
+    evaluate = build_evaluation(task)
   metric = task.report_metric
   heldout_ids = set(task.heldout_data.client_ids)
   eval_ids = [c for c in evaluation_clients(task, config) if c in heldout_ids]
@@ -539,9 +537,7 @@ def _report_weights(config, task, evaluate, final_named, store, ids, bar):
   if config.algorithm == 'fedavg':
     part = config.finetune_personalization or 'full'
     task = create_task(config, personalization=part)
-    evaluate = personalized_process.build_personalized_evaluation(
-        task.reconstruction_model_fn, loss_fn=task.evaluation_loss_fn,
-        metrics_fn=task.metrics_fn)
+    evaluate = build_evaluation(task)
     u, v0 = task.partition.split(task.complete_weights_fn(final_named, task.partition.shapes))
     personal = [v0] * len(ids)
   else:  # Full personalization stores whole models as v_i; u is unused then.
@@ -556,6 +552,13 @@ def _report_weights(config, task, evaluate, final_named, store, ids, bar):
     personal = finetune_clients(build_finetuning(config, task, epochs), task, config, u,
                                 personal, ids, progress=bar.update)
   return evaluate, u, personal
+
+
+def build_evaluation(task) -> tff.Computation:
+  """The task's per-client evaluation of (u, v_i) (its `evaluation_loss_fn`,
+  no gradient taken); see `personalized_process.build_personalized_evaluation`."""
+  return personalized_process.build_personalized_evaluation(
+      task.reconstruction_model_fn, loss_fn=task.evaluation_loss_fn, metrics_fn=task.metrics_fn)
 
 
 def build_finetuning(config, task, epochs: int) -> tff.Computation:
@@ -606,9 +609,7 @@ def _baseline_results(config, task, baseline_named, start_weights, splits, bar,
         bar.update(len(ids))
         continue
     if evaluate is None:
-      evaluate = personalized_process.build_personalized_evaluation(
-          task.reconstruction_model_fn, loss_fn=task.evaluation_loss_fn,
-          metrics_fn=task.metrics_fn)
+      evaluate = build_evaluation(task)
     if u is None:  # The run's model with the baseline's weights.
       # Variables the baseline lacks (adapters: identity at their start) come
       # from this run's start weights.
