@@ -131,18 +131,24 @@ class ClientStateStore:
   def committed_round(self) -> int:
     return int(self._get_meta('committed_round'))
 
+  def _latest(self, column: str, client_ids: Sequence[str], before_round: int) -> list:
+    """`column` of each client's latest row before `before_round` (None if it
+    has none), read in one transaction: one snapshot for the whole round."""
+    with self._transaction('DEFERRED'):
+      rows = [self._conn.execute(
+          f'SELECT {column} FROM personal WHERE client_id = ? AND round < ? '
+          'ORDER BY round DESC LIMIT 1', (cid, before_round)).fetchone()
+              for cid in client_ids]
+    return [row[0] if row else None for row in rows]
+
   def read(self, client_ids: Sequence[str], before_round: int) -> list[ModelWeights]:
     """Latest v_i written before `before_round` (v_0 for unseen clients).
 
     Rows superseded at a commit are pruned, so `before_round` must be past the
     committed round (as in training and final evaluation).
     """
-    with self._transaction('DEFERRED'):
-      rows = [self._conn.execute(
-          'SELECT weights FROM personal WHERE client_id = ? AND round < ? '
-          'ORDER BY round DESC LIMIT 1', (cid, before_round)).fetchone()
-              for cid in client_ids]
-    return [deserialize_weights(row[0]) if row else self._initial for row in rows]
+    return [deserialize_weights(value) if value is not None else self._initial
+            for value in self._latest('weights', client_ids, before_round)]
 
   def write(self, round_num: int, client_ids: Sequence[str],
             weights: Sequence[ModelWeights]) -> None:
@@ -176,12 +182,7 @@ class ClientStateStore:
 
     As `read`, `before_round` must be past the committed round.
     """
-    with self._transaction('DEFERRED'):
-      rows = [self._conn.execute(
-          'SELECT participations FROM personal WHERE client_id = ? AND round < ? '
-          'ORDER BY round DESC LIMIT 1', (cid, before_round)).fetchone()
-              for cid in client_ids]
-    return [row[0] if row else 0 for row in rows]
+    return [value or 0 for value in self._latest('participations', client_ids, before_round)]
 
   def client_ids(self) -> list[str]:
     """Clients with stored personal weights (i.e. that trained at least once)."""
