@@ -321,6 +321,24 @@ def _start_workers(n: int) -> list[subprocess.Popen]:
   return procs
 
 
+def run_in_child(target, *args, what: str):
+  """`target(*args, queue)` in a fresh spawned process (its own TensorFlow
+  and TFF runtime, so cases do not share caches or threads); returns what it
+  put on the queue.
+
+  Raises:
+    RuntimeError: the process failed (its error is printed above).
+  """
+  ctx = multiprocessing.get_context('spawn')
+  queue = ctx.Queue()
+  process = ctx.Process(target=target, args=(*args, queue))
+  process.start()
+  process.join()
+  if process.exitcode != 0 or queue.empty():
+    raise RuntimeError(f'{what} failed (exit code {process.exitcode})')
+  return queue.get()
+
+
 def measure(case: Case, settings: Settings) -> dict:
   """Runs one case in a fresh process; returns its row of the results table.
 
@@ -329,16 +347,9 @@ def measure(case: Case, settings: Settings) -> dict:
   """
   workers = _start_workers(settings.num_workers) if case.executor == 'remote' else []
   try:
-    ctx = multiprocessing.get_context('spawn')
-    queue = ctx.Queue()
-    process = ctx.Process(target=_measure_in_child, args=(
-        case, settings, [f'localhost:{w.port}' for w in workers], [w.pid for w in workers],
-        queue))
-    process.start()
-    process.join()
-    if process.exitcode != 0 or queue.empty():
-      raise RuntimeError(f'benchmark case {case} failed (exit code {process.exitcode})')
-    result = queue.get()
+    result = run_in_child(_measure_in_child, case, settings,
+                          [f'localhost:{w.port}' for w in workers], [w.pid for w in workers],
+                          what=f'benchmark case {case}')
     worker_kb = result['worker_kb'] + sum(_peak_kb(w.pid) for w in workers)
   finally:
     for w in workers:

@@ -17,7 +17,8 @@ clients of `settings.data_dir`:
                          optimizer and metric initialization, results;
   TFF call, per batch    slope of the same fit, for a v step plus a u step;
   plain TF, per batch    the same v and u steps in a plain traced loop, one
-                         thread (the compute itself);
+                         client at a time, TensorFlow's default threads (the
+                         compute itself);
   metrics, per batch     accuracy and loss updates, measured in the plain loop;
   checkpoint             `tff.program.FileProgramStateManager.save` of the
                          server state (once per commit, not per client).
@@ -28,7 +29,6 @@ call over `eval_clients` clients, against the same forward passes in plain TF.
 
 import asyncio
 import dataclasses
-import multiprocessing
 import os
 import tempfile
 import time
@@ -125,7 +125,7 @@ def _profile_in_child(settings: ProfileSettings, queue) -> None:
       add('train', 'TFF call, fixed part (CPU)', per_batches[1] - slope, 1)
       add('train', 'TFF call, per batch: v step + u step (CPU)', slope, 1)
 
-      # The same steps in plain TF, one thread: compute floor and metrics' share.
+      # The same steps in plain TF, one client at a time: the compute and metrics' share.
       client = benchmark_lib._PlainClient(task, config, 'fedalt')  # pylint: disable=protected-access
       stacked = [benchmark_lib._stacked(task.train_dataset(c, s)) for c, s in zip(ids, seeds)]  # pylint: disable=protected-access
       client.train(*stacked[0])
@@ -174,7 +174,7 @@ def _profile_in_child(settings: ProfileSettings, queue) -> None:
       stacked = [benchmark_lib._stacked(d) for d in datasets]  # pylint: disable=protected-access
       client.evaluate(*stacked[0])
       (_, cpu), _ = _timed(lambda: [client.evaluate(*x) for x in stacked], settings.repeats)
-      add('evaluation', 'plain TF forward + metrics, one thread (CPU)', cpu, m)
+      add('evaluation', 'plain TF forward + metrics, one client at a time (CPU)', cpu, m)
       store.close()
     queue.put(rows)
   finally:
@@ -187,14 +187,7 @@ def profile(settings: ProfileSettings) -> pd.DataFrame:
   Raises:
     RuntimeError: the profiling process failed (its error is printed above).
   """
-  ctx = multiprocessing.get_context('spawn')
-  queue = ctx.Queue()
-  process = ctx.Process(target=_profile_in_child, args=(settings, queue))
-  process.start()
-  process.join()
-  if process.exitcode != 0 or queue.empty():
-    raise RuntimeError(f'profiling failed (exit code {process.exitcode})')
-  return pd.DataFrame(queue.get())
+  return pd.DataFrame(benchmark_lib.run_in_child(_profile_in_child, settings, what='profiling'))
 
 
 def to_markdown(table: pd.DataFrame) -> str:
