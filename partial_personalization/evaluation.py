@@ -16,6 +16,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 import pandas as pd
+import scipy.stats
 import tensorflow_federated as tff
 
 ModelWeights = tff.learning.models.ModelWeights
@@ -177,6 +178,81 @@ def breakdown_by(per_client: pd.DataFrame, column: str, bins: Sequence[int]) -> 
                  'helped_fraction': (g.delta > TOLERANCE).mean(),
                  'hurt_fraction': is_hurt(g.delta).mean()})
   return pd.DataFrame(rows).set_index(column)
+
+
+def mean_interval(values, confidence: float = 0.95) -> tuple[float, float, float]:
+  """(mean, low, high): the mean of `values` (one per seed) and its two-sided
+  Student-t confidence interval, mean +- t_{n-1} * sd / sqrt(n).
+
+  Raises:
+    ValueError: fewer than 2 values (no interval without a spread).
+  """
+  values = np.asarray(values, float)
+  if len(values) < 2:
+    raise ValueError(f'an interval needs at least 2 seeds, got {len(values)}')
+  mean = float(values.mean())
+  half = float(scipy.stats.t.ppf(0.5 + confidence / 2, len(values) - 1)
+               * values.std(ddof=1) / np.sqrt(len(values)))
+  return mean, mean - half, mean + half
+
+
+def over_seeds(summaries: pd.DataFrame, *, columns: Sequence[str], baseline: str,
+               pairs: Sequence[tuple[str, str]] = (),
+               confidence: float = 0.95) -> tuple[pd.DataFrame, pd.DataFrame]:
+  """Rows of runs as mean and interval over seeds, and paired differences.
+
+  Args:
+    summaries: One row per (run, seed): columns `run`, `seed` and `columns`
+      (per-run summary numbers, e.g. `personalized_mean`).
+    columns: The columns summarized.
+    baseline: The run every other run is compared with (paired by seed, on
+      `personalized_mean`).
+    pairs: More (a, b) run pairs whose difference a - b is paired by seed.
+
+  Returns:
+    (per run: `<column>`, `<column>_low`, `<column>_high`, `seeds`; per pair:
+     `difference`, `low`, `high`, `seeds`, `holds` (the interval lies above 0),
+     `per_seed` (the differences)).
+  """
+  rows = {}
+  for run, group in summaries.groupby('run', sort=False):
+    row = {'seeds': len(group)}
+    for column in columns:
+      row[column], row[f'{column}_low'], row[f'{column}_high'] = mean_interval(
+          group[column], confidence)
+    rows[run] = row
+  by_seed = summaries.pivot(index='seed', columns='run', values='personalized_mean')
+  diffs = {}
+  for a, b in [(run, baseline) for run in rows if run != baseline] + list(pairs):
+    d = (by_seed[a] - by_seed[b]).dropna()
+    mean, low, high = mean_interval(d, confidence)
+    diffs[f'{a} - {b}'] = {'difference': mean, 'low': low, 'high': high, 'seeds': len(d),
+                           'holds': bool(low > 0),
+                           'per_seed': ' '.join(f'{x:+.2%}' for x in d)}
+  return pd.DataFrame(rows).T, pd.DataFrame(diffs).T
+
+
+def format_over_seeds(runs: pd.DataFrame, differences: pd.DataFrame) -> str:
+  """Markdown tables of `over_seeds`: runs as "mean [low, high]" (%)."""
+  def cell(row, column, fmt='.2%'):
+    return (f'{row[column]:{fmt}} [{row[column + "_low"]:{fmt}}, '
+            f'{row[column + "_high"]:{fmt}}]')
+  columns = [c for c in runs.columns if f'{c}_low' in runs.columns]
+  names = {'personalized_mean': 'mean test accuracy', 'personalized_p10': 'p10',
+           'helped_fraction': 'helped', 'hurt_fraction': 'hurt',
+           'gated_personalized_mean': 'heldout-gated mean', 'gated_hurt_fraction': 'gated hurt'}
+  lines = ['| run | seeds | ' + ' | '.join(names.get(c, c) for c in columns) + ' |',
+           '|' + '---|' * (len(columns) + 2)]
+  for run, row in runs.iterrows():
+    lines.append(f'| {run} | {int(row.seeds)} | '
+                 + ' | '.join(cell(row, c, '.1%' if 'fraction' in c else '.2%')
+                              for c in columns) + ' |')
+  lines += ['', '| difference (paired by seed) | mean | 95% interval | per seed | '
+            'interval above 0 |', '|---|---|---|---|---|']
+  for name, d in differences.iterrows():
+    lines.append(f"| {name} | {d.difference:+.2%} | [{d.low:+.2%}, {d.high:+.2%}] | "
+                 f"{d.per_seed} | {'yes' if d.holds else 'no'} |")
+  return '\n'.join(lines)
 
 
 def format_summaries(summaries: dict[str, dict]) -> str:

@@ -18,6 +18,23 @@ from partial_personalization import partition as partition_lib
 SPLITS = ('train', 'heldout', 'test')
 
 
+def round_sample(dataset: tf.data.Dataset, *, seed: int, shuffle_buffer_size: int,
+                 max_elements: int) -> tf.data.Dataset:
+  """A client's examples of one round: the same examples in every local pass.
+
+  A seeded sample of up to `max_elements` examples (a shuffle through
+  `shuffle_buffer_size` that does not reshuffle, then `take`), reshuffled on
+  each pass over it. Pillutla et al.'s reference code trains every local pass
+  (FedAlt's v pass, then its u pass; each epoch) on the same examples; one
+  reshuffling shuffle before `take` would draw a different subset per pass
+  (two passes over 128 of 256 sentences share about half). It also makes FFGG's
+  full-batch steps full-batch on one fixed sample.
+  """
+  sample = dataset.shuffle(shuffle_buffer_size, seed=seed, reshuffle_each_iteration=False)
+  sample = sample.take(max_elements)
+  return sample.shuffle(max_elements, seed=seed, reshuffle_each_iteration=True)
+
+
 @dataclasses.dataclass(frozen=True)
 class PersonalizationTask:
   """A federated task with a shared/personal split of its model.

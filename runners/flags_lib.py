@@ -49,7 +49,12 @@ _HELP = {
     'client_learning_rate': 'Local learning rate of u.',
     'personal_learning_rate': 'Local learning rate of v (default: client_learning_rate).',
     'server_optimizer': 'Server optimizer applied to the mean update of u.',
-    'server_learning_rate': 'Server learning rate.',
+    'server_learning_rate': 'Server learning rate (peak, with a schedule).',
+    'server_lr_schedule': 'constant, or warmup_decay: linear warmup over '
+                          '--server_warmup_fraction of --total_rounds, then linear decay to 0.',
+    'server_warmup_fraction': 'Share of the rounds spent warming up (warmup_decay).',
+    'clip_norm': 'Clip each local step\'s gradient to this global norm, separately for u '
+                 'and v (0: no clipping; the reference code uses 0.25).',
     'total_rounds': 'Number of rounds (0: only evaluate the start model, e.g. with finetuning).',
     'clients_per_round': 'Clients sampled per round (m).',
     'client_batch_size': 'Local batch size.',

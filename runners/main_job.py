@@ -1,14 +1,23 @@
-"""The main job: FedAvg, FedAlt and FedSim on the real Stack Exchange dumps.
+"""The main job: FedAvg, FedAlt and FedSim on the real Stack Exchange dumps,
+with 95% intervals over seeds.
 
 1. Convert the dumps (`--dump_dirs`) to TFF's StackOverflow format (once).
-2. FedAvg pretraining (`--pretrain_rounds`), TFF's `build_weighted_fed_avg`.
-3. From that model, `--rounds` more rounds of each of: FedAvg (the
-   non-personalized baseline, same total rounds), FedAlt and FedSim with
-   `--personalization` (the paper's "output layer": `last_block`).
-4. The per-client report of FedAlt and FedSim against that baseline: table
-   (printed, summary.md/.csv) and figure (report.png) in `--output_dir`.
+2. FedAvg pretraining of the global model (`--pretrain_rounds`), TFF's
+   `build_weighted_fed_avg`, one model for every seed.
+3. For each of `--seeds`, from that model, `--rounds` more rounds of each of:
+   FedAvg (the non-personalized baseline, trained as long), FedAlt and FedSim
+   with `--personalization` (the paper's "output layer": `last_block`).
+4. The paper's evaluation protocol (Pillutla et al., Sec. 5): each client's
+   personal part finetuned `--finetune_epochs` on its train split, then its
+   test accuracy; "FedAvg + finetune" finetunes the same part of FedAvg's
+   model. Every run is compared per client with FedAvg of the same seed.
+5. The report: per-seed tables, then each row as mean and 95% interval over
+   seeds, and the differences paired by seed (summary.md/.csv, report.png).
 
-Every stage resumes where it stopped when the command is run again.
+Seeds vary client sampling, data shuffles and the finetuning shuffles of the
+personalization stage; the pretrained model is shared (its cost is most of
+the budget), so the intervals cover the personalization stage, not the
+pretraining. Every stage resumes where it stopped when the command is run again.
 """
 
 import os
@@ -28,72 +37,131 @@ _DUMP_DIRS = flags.DEFINE_list('dump_dirs', ['../shared/data/stackexchange'],
                                'Stack Exchange site folders, or folders of them.')
 _OUTPUT_DIR = flags.DEFINE_string('output_dir', 'output/main_job', 'Where runs and the report go.')
 _MIN_EXAMPLES = flags.DEFINE_integer(
-    'min_examples', 200, 'Sentences a client needs to be kept. 200 keeps 180 '
-    'clients of all 18 sites, few enough that most train their personal part '
-    'at least once in the default budget.')
+    'min_examples', 200, 'Sentences a client needs to be kept (200: 180 clients of all 18 '
+    'sites).')
+_SEEDS = flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds of the personalization stage; '
+                           'rows are reported as mean and 95% interval over them (>= 2).')
 _PRETRAIN_ROUNDS = flags.DEFINE_integer('pretrain_rounds', 25, 'FedAvg pretraining rounds.')
+_PRETRAIN_CLIENTS = flags.DEFINE_integer(
+    'pretrain_clients_per_round', 2, 'Clients per pretraining round: few clients with '
+    'more local work train the most per second (docs/results.md, the recipe).')
 _ROUNDS = flags.DEFINE_integer('rounds', 20, 'Rounds of each run after pretraining.')
 _CLIENTS_PER_ROUND = flags.DEFINE_integer('clients_per_round', 12, 'Clients per round.')
 _PERSONALIZATION = flags.DEFINE_string('personalization', 'last_block', 'Personal part.')
 _MODEL_SIZE = flags.DEFINE_string('model_size', 'tiny', 'tiny or mini.')
-_CLIENT_LR = flags.DEFINE_float('client_learning_rate', 0.5, 'Local SGD learning rate.')
-_MAX_EXAMPLES = flags.DEFINE_integer('max_examples_per_client', 128,
+_CLIENT_OPTIMIZER = flags.DEFINE_string('client_optimizer', 'adam', 'Local optimizer.')
+_CLIENT_LR = flags.DEFINE_float('client_learning_rate', 0.003, 'Local learning rate of u.')
+_PERSONAL_LR = flags.DEFINE_float('personal_learning_rate', None,
+                                  'Local learning rate of v (default: client_learning_rate).')
+_CLIP_NORM = flags.DEFINE_float('clip_norm', 0.0, 'Global-norm clipping of local steps.')
+_MAX_EXAMPLES = flags.DEFINE_integer('max_examples_per_client', 512,
                                      'Examples a client uses per round.')
-_SEED = flags.DEFINE_integer('seed', 0, 'Seed.')
+_FINETUNE_EPOCHS = flags.DEFINE_integer(
+    'finetune_epochs', 1, 'Epochs of finetuning of each personal part before test.')
 
 
-def _config(name, **kwargs) -> train_lib.TrainConfig:
+def _config(name, seed, **kwargs) -> train_lib.TrainConfig:
   out = paths.resolve_path(_OUTPUT_DIR.value)
   common = dict(
       root_output_dir=out, cache_dir=os.path.join(out, 'data'),
-      model_size=_MODEL_SIZE.value, client_learning_rate=_CLIENT_LR.value,
-      clients_per_round=_CLIENTS_PER_ROUND.value, total_rounds=_ROUNDS.value,
-      max_examples_per_client=_MAX_EXAMPLES.value, seed=_SEED.value,
+      model_size=_MODEL_SIZE.value, client_optimizer=_CLIENT_OPTIMIZER.value,
+      client_learning_rate=_CLIENT_LR.value, personal_learning_rate=_PERSONAL_LR.value,
+      clip_norm=_CLIP_NORM.value, clients_per_round=_CLIENTS_PER_ROUND.value,
+      total_rounds=_ROUNDS.value, max_examples_per_client=_MAX_EXAMPLES.value, seed=seed,
       rounds_per_checkpoint=5)
   common.update(kwargs)
   return train_lib.TrainConfig(experiment_name=name, **common)
 
 
+def _seed_runs(seed: int, out: str, pretrain: str) -> dict:
+  """The runs of one seed: name -> config, in the order they must run."""
+  fedavg = os.path.join(out, f'seed{seed}', 'fedavg')
+  runs = {
+      'fedavg': _config(f'seed{seed}/fedavg', seed, algorithm='fedavg',
+                        personalization='none', init_from=pretrain),
+      # FedAvg + finetune: no training, the report finetunes the same part.
+      'fedavg_finetune': _config(
+          f'seed{seed}/fedavg_finetune', seed, algorithm='fedavg', personalization='none',
+          total_rounds=0, init_from=fedavg, baseline_model=fedavg,
+          finetune_epochs=_FINETUNE_EPOCHS.value,
+          finetune_personalization=_PERSONALIZATION.value),
+  }
+  for algorithm in ('fedalt', 'fedsim'):
+    runs[algorithm] = _config(
+        f'seed{seed}/{algorithm}', seed, algorithm=algorithm,
+        personalization=_PERSONALIZATION.value, init_from=pretrain, baseline_model=fedavg,
+        finetune_epochs=_FINETUNE_EPOCHS.value)
+  return runs
+
+
+def _train(name: str, config: train_lib.TrainConfig) -> dict:
+  print(f'== {name}: {config.algorithm}, personalization={config.personalization}, '
+        f'{config.total_rounds} rounds x {config.clients_per_round} clients, '
+        f'seed {config.seed}')
+  result = train_lib.train(config)
+  print(f"   {result['shared_parameters']:,} shared and {result['personal_parameters']:,} "
+        f"personal parameters; {result['rounds_run']} rounds in {result['seconds']:.0f} s")
+  return result
+
+
+def _rows(seed: int, summaries: dict) -> list[dict]:
+  """One row per run of a seed; FedAvg's row is the baseline column."""
+  any_summary = next(iter(summaries.values()))
+  rows = [{'run': 'fedavg', 'seed': seed, 'personalized_mean': any_summary['baseline_mean'],
+           'personalized_p10': any_summary['baseline_p10']}]
+  for name, s in summaries.items():
+    rows.append({'run': name, 'seed': seed, **{k: v for k, v in s.items()
+                                               if not isinstance(v, dict)}})
+  return rows
+
+
 def _run():
+  seeds = [int(s) for s in _SEEDS.value]
+  if len(seeds) < 2 or len(set(seeds)) != len(seeds):
+    raise app.UsageError('--seeds needs at least 2 distinct seeds (intervals over seeds)')
   out = paths.resolve_path(_OUTPUT_DIR.value)
   data_dir = os.path.join(out, 'data')
   flags_lib.convert_if_missing(_DUMP_DIRS.value, data_dir, _MIN_EXAMPLES.value)
   pretrain = os.path.join(out, 'fedavg_pretrain')
-  runs = {
-      'fedavg_pretrain': _config('fedavg_pretrain', algorithm='fedavg', personalization='none',
-                                 total_rounds=_PRETRAIN_ROUNDS.value,
-                                 clients_per_round=10),
-      'fedavg': _config('fedavg', algorithm='fedavg', personalization='none', init_from=pretrain),
-  }
-  for algorithm in ('fedalt', 'fedsim'):
-    runs[algorithm] = _config(
-        algorithm, algorithm=algorithm, personalization=_PERSONALIZATION.value,
-        init_from=pretrain, baseline_model=os.path.join(out, 'fedavg'))
-  summaries, per_client = {}, {}
+  rows, per_client, tables = [], {}, []
   with flags_lib.tff_runtime():
-    for name, config in runs.items():
-      print(f'== {name}: {config.algorithm}, personalization={config.personalization}, '
-            f'{config.total_rounds} rounds x {config.clients_per_round} clients')
-      result = train_lib.train(config)
-      print(f"   {result['shared_parameters']:,} shared and {result['personal_parameters']:,} "
-            f"personal parameters; {result['rounds_run']} rounds in {result['seconds']:.0f} s")
-      if result['summary']:
-        summaries[name] = result['summary']
-        per_client[name] = pd.read_csv(
-            os.path.join(config.run_dir, 'report', 'per_client.csv'), index_col=0)
-  table = evaluation.format_summaries(summaries)
+    _train('fedavg_pretrain', _config(
+        'fedavg_pretrain', seeds[0], algorithm='fedavg', personalization='none',
+        total_rounds=_PRETRAIN_ROUNDS.value, clients_per_round=_PRETRAIN_CLIENTS.value))
+    for seed in seeds:
+      summaries = {}
+      for name, config in _seed_runs(seed, out, pretrain).items():
+        result = _train(name, config)
+        if result['summary']:
+          summaries[name] = result['summary']
+          if seed == seeds[0]:
+            per_client[name] = pd.read_csv(
+                os.path.join(config.run_dir, 'report', 'per_client.csv'), index_col=0)
+      rows += _rows(seed, summaries)
+      tables.append(f'### seed {seed}\n\n{evaluation.format_summaries(summaries)}')
+  per_seed = pd.DataFrame(rows)
+  per_seed.to_csv(os.path.join(out, 'per_seed.csv'), index=False)
+  columns = ['personalized_mean', 'personalized_p10', 'helped_fraction', 'hurt_fraction',
+             'gated_personalized_mean', 'gated_hurt_fraction']
+  runs, differences = evaluation.over_seeds(
+      per_seed, columns=columns, baseline='fedavg',
+      pairs=[('fedalt', 'fedavg_finetune'), ('fedsim', 'fedavg_finetune'),
+             ('fedalt', 'fedsim')])
+  runs.to_csv(os.path.join(out, 'summary.csv'))
+  differences.to_csv(os.path.join(out, 'differences.csv'))
+  table = evaluation.format_over_seeds(runs, differences)
   with open(os.path.join(out, 'summary.md'), 'w') as f:
-    f.write(table + '\n')
-  pd.DataFrame(summaries).T.to_csv(os.path.join(out, 'summary.csv'))
+    f.write(f'## Over seeds {seeds}: mean [95% interval]\n\n{table}\n\n'
+            + '\n\n'.join(tables) + '\n')
   plots.plot_personalization(per_client, os.path.join(out, 'report.png'))
-  print('\nPer-client test accuracy, personalized vs non-personalized (FedAvg, same rounds);'
-        '\nmeans and 10th percentiles weighted by test tokens:\n')
+  print('\nPer-client test accuracy after finetuning each personal part '
+        f'{_FINETUNE_EPOCHS.value} epoch(s), against FedAvg trained as long; means and '
+        '10th percentiles weighted by test tokens.\n')
+  print('\n\n'.join(tables))
+  print(f'\nOver seeds {seeds}: mean [95% interval] (Student t)\n')
   print(table)
-  for name in per_client:
-    by = pd.read_csv(os.path.join(runs[name].run_dir, 'report', 'by_participations.csv'))
-    print(f'\n{name}, by the number of rounds a client trained its personal part:')
-    print(by.to_string(index=False, float_format=lambda x: f'{x:.3f}'))
-  print(f'\nreport: {out}/summary.md, summary.csv, report.png, <run>/report/per_client.csv')
+  print(f'\nreport: {out}/summary.md, summary.csv, differences.csv, per_seed.csv, report.png, '
+        '<seed>/<run>/report/per_client.csv')
 
 
 if __name__ == '__main__':

@@ -27,6 +27,7 @@ from partial_personalization import byzantine
 from partial_personalization import client_state
 from partial_personalization import evaluation
 from partial_personalization import groups as groups_lib
+from partial_personalization import optimizers
 from partial_personalization import partition as partition_lib
 from partial_personalization import personalized_process
 from partial_personalization import robust_aggregators
@@ -51,13 +52,7 @@ TASK_OPTIONS = {
                   heldout_fraction='heldout_fraction', image_size='image_size',
                   crop_size='crop_size'),
 }
-OPTIMIZERS = {
-    'sgd': lambda lr: tff.learning.optimizers.build_sgdm(learning_rate=lr),
-    'sgdm': lambda lr: tff.learning.optimizers.build_sgdm(learning_rate=lr, momentum=0.9),
-    'adam': lambda lr: tff.learning.optimizers.build_adam(learning_rate=lr),
-    'adagrad': lambda lr: tff.learning.optimizers.build_adagrad(learning_rate=lr),
-    'yogi': lambda lr: tff.learning.optimizers.build_yogi(learning_rate=lr),
-}
+SERVER_LR_SCHEDULES = ('constant', 'warmup_decay')
 # Flags that may change when a run is resumed; all others must match.
 _RESUMABLE = {'total_rounds', 'rounds_per_eval', 'rounds_per_checkpoint', 'progress'}
 
@@ -87,6 +82,9 @@ class TrainConfig:
   personal_learning_rate: Optional[float] = None
   server_optimizer: str = 'sgd'
   server_learning_rate: float = 1.0
+  server_lr_schedule: str = 'constant'
+  server_warmup_fraction: float = 0.1
+  clip_norm: float = 0.0
   total_rounds: int = 10
   clients_per_round: int = 10
   client_batch_size: int = 16
@@ -135,8 +133,12 @@ class TrainConfig:
       raise ValueError(f'--task must be one of {sorted(TASKS)}, got {self.task!r}')
     self._resolve_task_defaults()
     for name in ('client_optimizer', 'server_optimizer'):
-      if getattr(self, name) not in OPTIMIZERS:
-        raise ValueError(f'--{name} must be one of {sorted(OPTIMIZERS)}')
+      if getattr(self, name) not in optimizers.OPTIMIZERS:
+        raise ValueError(f'--{name} must be one of {sorted(optimizers.OPTIMIZERS)}')
+    if self.server_lr_schedule not in SERVER_LR_SCHEDULES:
+      raise ValueError(f'--server_lr_schedule must be one of {SERVER_LR_SCHEDULES}')
+    if self.clip_norm < 0 or not 0 <= self.server_warmup_fraction < 1:
+      raise ValueError('--clip_norm must be >= 0 and --server_warmup_fraction in [0, 1)')
     if self.algorithm in WHOLE_MODEL_ALGORITHMS and self.personalization != 'none':
       raise ValueError(
           f'--algorithm={self.algorithm} trains whole models: use --personalization=none')
@@ -296,8 +298,9 @@ def build_runner(config, task, named_init, store, *, population=None,
   `population` (training client ids; default all) seeds the Byzantine set, and
   with `make_dataset` ((client id, seed) -> dataset) drives asynchronous runs.
   """
-  client_opt = OPTIMIZERS[config.client_optimizer](config.client_learning_rate)
-  server_opt = OPTIMIZERS[config.server_optimizer](config.server_learning_rate)
+  client_opt = optimizers.build_optimizer(
+      config.client_optimizer, config.client_learning_rate, clip_norm=config.clip_norm)
+  server_opt = server_optimizer(config)
   aggregator = robust_aggregators.build_robust_aggregator(
       config.aggregator, trim_fraction=config.trim_fraction,
       bucket_size=config.bucket_size, seed=config.seed)
@@ -397,9 +400,24 @@ def in_group(task, config, ids) -> list[str]:
 
 
 def personal_optimizer(config, learning_rate=None):
-  """The optimizer of v: `--client_optimizer` at the personal learning rate."""
-  return OPTIMIZERS[config.client_optimizer](
-      learning_rate or config.personal_learning_rate or config.client_learning_rate)
+  """The optimizer of v: `--client_optimizer` at the personal learning rate,
+  clipped as the client's (`--clip_norm`)."""
+  return optimizers.build_optimizer(
+      config.client_optimizer,
+      learning_rate or config.personal_learning_rate or config.client_learning_rate,
+      clip_norm=config.clip_norm)
+
+
+def server_optimizer(config):
+  """`--server_optimizer` at `--server_learning_rate`; with
+  `--server_lr_schedule=warmup_decay`, warmed up over
+  `--server_warmup_fraction` of `--total_rounds`, then decayed linearly to 0."""
+  scheduled = config.server_lr_schedule == 'warmup_decay'
+  return optimizers.build_optimizer(
+      config.server_optimizer, config.server_learning_rate,
+      epsilon=optimizers.SERVER_EPSILON,
+      total_steps=config.total_rounds if scheduled else None,
+      warmup_fraction=config.server_warmup_fraction)
 
 
 def is_stateless(config) -> bool:

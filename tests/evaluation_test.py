@@ -95,3 +95,30 @@ def test_gating_decides_from_heldout_only():
 
 if __name__ == '__main__':
   sys.exit(pytest.main([__file__, '-q']))
+
+
+def test_mean_interval_is_the_student_t_interval():
+  mean, low, high = evaluation.mean_interval([1.0, 2.0, 3.0])
+  # sd 1, n 3, t_{2, 0.975} = 4.3027.
+  assert mean == 2.0
+  assert high - mean == pytest.approx(4.302653 / np.sqrt(3), rel=1e-5)
+  assert mean - low == pytest.approx(high - mean)
+  with pytest.raises(ValueError, match='at least 2 seeds'):
+    evaluation.mean_interval([1.0])
+
+
+def test_over_seeds_pairs_differences_by_seed():
+  # B beats A by exactly 0.01 on every seed, though seeds differ by far more.
+  rows = []
+  for seed, level in enumerate([0.10, 0.20, 0.15]):
+    rows += [{'run': 'A', 'seed': seed, 'personalized_mean': level},
+             {'run': 'B', 'seed': seed, 'personalized_mean': level + 0.01}]
+  runs, diffs = evaluation.over_seeds(pd.DataFrame(rows), columns=['personalized_mean'],
+                                      baseline='A', pairs=[('A', 'B')])
+  assert runs.loc['B', 'personalized_mean'] == pytest.approx(0.16)
+  assert runs.loc['B', 'personalized_mean_low'] < 0.1   # Unpaired: wide.
+  d = diffs.loc['B - A']
+  assert d.difference == pytest.approx(0.01) and d.holds
+  assert d.high - d.low == pytest.approx(0.0, abs=1e-12)  # Paired: no spread.
+  assert not diffs.loc['A - B'].holds
+  assert '| B - A | +1.00% |' in evaluation.format_over_seeds(runs, diffs)

@@ -53,6 +53,21 @@ def test_passes_over_one_dataset_match_the_reader_path(task):
   _assert_same(_batches(fast) + _batches(fast), _batches(slow) + _batches(slow), 'iter twice')
 
 
+def test_every_pass_of_a_round_sees_the_same_examples_reshuffled(task):
+  """Pillutla et al.'s protocol: FedAlt's v pass and u pass (and each epoch)
+  train on one sample of the client's data, in a new order."""
+  client_id = max(task.train_data.client_ids,
+                  key=lambda c: len(list(task.train_data.create_tf_dataset_for_client(c))))
+  dataset = task.train_dataset(client_id, 3)
+  passes = [np.concatenate([x for x, _ in _batches(dataset)]) for _ in range(3)]
+  assert len(passes[0]) == 24  # The client has more: the sample is a strict subset.
+  rows = [sorted(map(tuple, p)) for p in passes]
+  assert rows[0] == rows[1] == rows[2]
+  assert not np.array_equal(passes[0], passes[1])  # ... reshuffled in each pass.
+  other = np.concatenate([x for x, _ in _batches(task.train_dataset(client_id, 4))])
+  assert sorted(map(tuple, other)) != rows[0]  # Another round samples other examples.
+
+
 def test_evaluation_batches_are_those_of_the_reader_path(task):
   for split in ('train', 'heldout', 'test'):
     data = task.client_data(split)

@@ -130,7 +130,9 @@ def create_task(
       vocab, sequence_length=sequence_length)
 
   def train_preprocess_fn(dataset, seed):
-    return to_train_batches(dataset.shuffle(shuffle_buffer_size, seed=seed))
+    return to_train_batches(task_lib.round_sample(
+        dataset, seed=seed, shuffle_buffer_size=shuffle_buffer_size,
+        max_elements=max_elements_per_client))
 
   # The same batches from token ids computed once (token_cache); built on
   # first use, so tasks that never make a dataset never tokenize.
@@ -142,8 +144,9 @@ def create_task(
   def train_dataset_fn(client_id, seed):
     return token_cache.batched_dataset(
         tokens()['train'].client_tokens(client_id), batch_size=batch_size,
-        shuffle_buffer_size=shuffle_buffer_size, seed=seed,
-        max_elements=max_elements_per_client)
+        sample=functools.partial(task_lib.round_sample, seed=seed,
+                                 shuffle_buffer_size=shuffle_buffer_size,
+                                 max_elements=max_elements_per_client))
 
   def eval_dataset_fn(split, client_id):
     return token_cache.batched_dataset(

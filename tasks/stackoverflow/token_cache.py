@@ -26,7 +26,7 @@ import hashlib
 import logging
 import os
 import tempfile
-from typing import Mapping
+from typing import Callable, Mapping, Optional
 import zipfile
 
 import numpy as np
@@ -174,20 +174,19 @@ def load_or_build(cache_dir: str, client_data: Mapping[str, object], vocab: list
   return splits
 
 
-def batched_dataset(tokens: np.ndarray, *, batch_size: int, shuffle_buffer_size: int = 0,
-                    seed: int | None = None, max_elements: int | None = None) -> tf.data.Dataset:
+def batched_dataset(tokens: np.ndarray, *, batch_size: int,
+                    sample: Optional[Callable[[tf.data.Dataset], tf.data.Dataset]] = None
+                    ) -> tf.data.Dataset:
   """(inputs, labels) int64 [batch, sequence_length] batches of a client's rows.
 
   The same operations, in the same order, as TFF's word-prediction
-  preprocessing after its `to_ids`: optional seeded shuffle of the examples
-  (our train path shuffles before TFF's `take`), `take(max_elements)`, batch,
-  then inputs = ids[:-1], labels = ids[1:]. The shuffle permutes by position
-  only, so it orders these rows as it ordered the raw sentences.
+  preprocessing after its `to_ids`: the optional `sample` of the examples
+  (training: `task.round_sample`, which the reader path applies before TFF's
+  preprocessing), batch, then inputs = ids[:-1], labels = ids[1:]. Shuffles
+  permute by position only, so they order these rows as the raw sentences.
   """
   rows = tokens.astype(np.int64)
   dataset = tf.data.Dataset.from_tensor_slices((rows[:, :-1], rows[:, 1:]))
-  if shuffle_buffer_size > 1:
-    dataset = dataset.shuffle(shuffle_buffer_size, seed=seed)
-  if max_elements is not None:
-    dataset = dataset.take(max_elements)
+  if sample is not None:
+    dataset = sample(dataset)
   return dataset.batch(batch_size)

@@ -42,7 +42,8 @@ def create_classification_task(
   """
 
   def train_preprocess_fn(dataset, seed):
-    dataset = dataset.shuffle(shuffle_buffer_size, seed=seed).take(max_elements_per_client)
+    dataset = task_lib.round_sample(dataset, seed=seed, shuffle_buffer_size=shuffle_buffer_size,
+                                    max_elements=max_elements_per_client)
     # Per-example augmentation seeds derived from the round seed and position.
     dataset = dataset.enumerate().map(
         lambda i, x: train_map_fn(x, tf.stack([tf.cast(seed, tf.int64), i])),
