@@ -235,6 +235,8 @@ def over_seeds(summaries: pd.DataFrame, *, columns: Sequence[str], baseline: str
 def format_over_seeds(runs: pd.DataFrame, differences: pd.DataFrame) -> str:
   """Markdown tables of `over_seeds`: runs as "mean [low, high]" (%)."""
   def cell(row, column, fmt='.2%'):
+    if pd.isna(row[column]):
+      return ''
     return (f'{row[column]:{fmt}} [{row[column + "_low"]:{fmt}}, '
             f'{row[column + "_high"]:{fmt}}]')
   columns = [c for c in runs.columns if f'{c}_low' in runs.columns]

@@ -81,7 +81,11 @@ _BUCKET_SIZE = flags.DEFINE_integer('bucket_size', 2, 'ffgg study: bucket size o
 _CELLS = flags.DEFINE_list('cells', [], 'Glob patterns of cell names to run (default: all).')
 _NUM_SHARDS = flags.DEFINE_integer('num_shards', 1, 'Split the cells across this many processes.')
 _SHARD_INDEX = flags.DEFINE_integer('shard_index', 0, 'Which split this process runs.')
-_SEED = flags.DEFINE_integer('seed', 0, 'Seed.')
+_SEEDS = flags.DEFINE_list(
+    'seeds', ['0'], 'Seeds. With several, the grid of each seed (its own pretraining and '
+    'baseline) goes to <output_dir>/seed<N>, and table_over_seeds.md gives each row as mean '
+    'and 95% interval over seeds, FedAlt - FedSim paired by seed, and the verdict on each of '
+    'the three findings of the paper.')
 _PROGRESS = flags.DEFINE_bool('progress', True, 'Show progress bars.')
 
 
@@ -120,14 +124,35 @@ def _run():
   if not 0 <= _SHARD_INDEX.value < _NUM_SHARDS.value:
     raise ValueError('need 0 <= --shard_index < --num_shards')
   out = paths.resolve_path(_OUTPUT_DIR.value)
+  seeds = [int(s) for s in _SEEDS.value]
+  if len(set(seeds)) != len(seeds):
+    raise ValueError(f'--seeds must be distinct, got {seeds}')
+  data = _prepare_data(out)
+  tables = {}
+  for seed in seeds:
+    seed_out = out if len(seeds) == 1 else grid_lib.seed_dir(out, seed)
+    if len(seeds) > 1:
+      print(f'=== seed {seed}: {seed_out}', flush=True)
+    tables[seed] = _run_grid(seed_out, seed, data)
+  if len(seeds) > 1:
+    _, _, markdown = grid_lib.over_seeds(tables)
+    with open(os.path.join(out, 'table_over_seeds.md'), 'w') as f:
+      f.write(f'Over seeds {seeds}: mean [95% interval]\n\n{markdown}\n')
+    print(f'\nOver seeds {seeds}: mean [95% interval] (Student t)\n')
+    print(markdown)
+    print(f'\n{out}/table_over_seeds.md')
+
+
+def _run_grid(out: str, seed: int, data: dict):
+  """One seed's grid under `out`; returns its table."""
   client_lr, personal_lr, max_examples = _TASK_DEFAULTS[_TASK.value]
   common = dict(
-      task=_TASK.value, root_output_dir=out, **_prepare_data(out),
+      task=_TASK.value, root_output_dir=out, **data,
       client_learning_rate=_CLIENT_LR.value or client_lr,
       personal_learning_rate=_PERSONAL_LR.value or personal_lr,
       clients_per_round=_CLIENTS_PER_ROUND.value,
       max_examples_per_client=_MAX_EXAMPLES.value or max_examples,
-      report_clients=_REPORT_CLIENTS.value, seed=_SEED.value,
+      report_clients=_REPORT_CLIENTS.value, seed=seed,
       rounds_per_checkpoint=5, progress=_PROGRESS.value)
   study = dict(task=_TASK.value, finetune_epochs=_FINETUNE_EPOCHS.value,
                ditto_lambda=_DITTO_LAMBDA.value, pfedme_lambda=_PFEDME_LAMBDA.value)
@@ -155,6 +180,7 @@ def _run():
   if missing:
     print(f'\nnot finished yet: {", ".join(missing)}')
   print(f'\ntable and figures: {out}/table.md, table.csv, *.png')
+  return table
 
 
 if __name__ == '__main__':

@@ -329,3 +329,81 @@ def write_outputs(cells: Sequence[Cell], common: dict, rounds: int) -> tuple[pd.
     plots.plot_training_curves(curves, os.path.join(out, 'training_loss.png'))
   return table, markdown
 
+
+
+# Columns of a grid row summarized over seeds (mean and 95% interval).
+SEED_COLUMNS = ['personalized_mean', 'personalized_p10', 'hurt_fraction',
+                'gated_personalized_mean', 'gated_hurt_fraction']
+
+
+def seed_dir(out: str, seed: int) -> str:
+  """Where the grid of one seed lives when the grid runs several (`--seeds`)."""
+  return os.path.join(out, f'seed{seed}')
+
+
+def over_seeds(tables: dict[int, pd.DataFrame]) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+  """The grid's rows over seeds and the verdict on each of the paper's findings.
+
+  Args:
+    tables: seed -> `results_table` of that seed's grid.
+
+  Returns:
+    (runs: mean and 95% interval of `SEED_COLUMNS` per cell; differences: each
+     cell against the non-personalized row and FedAlt - FedSim per partition and
+     state, paired by seed; Markdown of both tables and the verdicts).
+  """
+  rows = [{'run': r.cell, 'seed': seed, **{c: r.get(c) for c in SEED_COLUMNS}}
+          for seed, table in tables.items() for _, r in table.iterrows()]
+  per_seed = pd.DataFrame(rows)
+  done = {run for run, g in per_seed.groupby('run') if len(g) == len(tables)}
+  per_seed = per_seed[per_seed.run.isin(done)]
+  pairs = [(run, 'fedsim' + run[len('fedalt'):]) for run in sorted(done)
+           if run.startswith('fedalt_') and 'fedsim' + run[len('fedalt'):] in done]
+  runs, differences = evaluation.over_seeds(per_seed, columns=SEED_COLUMNS, baseline=BASELINE,
+                                            pairs=pairs)
+  markdown = evaluation.format_over_seeds(runs, differences)
+  return runs, differences, markdown + '\n\n' + findings(runs, differences, pairs)
+
+
+def findings(runs: pd.DataFrame, differences: pd.DataFrame,
+             pairs: Sequence[tuple[str, str]]) -> str:
+  """The paper's three findings, each decided by the 95% intervals over seeds.
+
+  1. Partial personalization gets most of the gain of full personalization:
+     the best partial cell's gain over FedAvg has an interval above 0 and a
+     mean at least half of the best full-personalization cell's gain.
+  2. FedAlt beats FedSim: every paired FedAlt - FedSim interval lies above 0
+     (does not hold if one lies below 0; unresolved otherwise).
+  3. Personalization hurts some clients: the hurt fraction's interval lies
+     above 0 for every partial cell.
+  """
+  gains = {name.split(' - ')[0]: d for name, d in differences.iterrows()
+           if name.endswith(f' - {BASELINE}')}
+  partial = {k: d for k, d in gains.items() if k.startswith(('fedalt_', 'fedsim_'))}
+  full = {k: d for k, d in gains.items() if k in ('finetune', 'ditto', 'pfedme')}
+  lines = ['| finding | verdict | evidence |', '|---|---|---|']
+  if partial and full:
+    best_p = max(partial, key=lambda k: partial[k].difference)
+    best_f = max(full, key=lambda k: full[k].difference)
+    p, f = partial[best_p], full[best_f]
+    holds = p.low > 0 and p.difference >= 0.5 * f.difference
+    lines.append(f'| partial gets most of the gain of full personalization | '
+                 f"{'holds' if holds else 'does not hold'} | best partial {best_p} "
+                 f'{p.difference:+.2%} [{p.low:+.2%}, {p.high:+.2%}]; best full {best_f} '
+                 f'{f.difference:+.2%} [{f.low:+.2%}, {f.high:+.2%}] |')
+  if pairs:
+    alt = [differences.loc[f'{a} - {b}'] for a, b in pairs]
+    verdict = ('holds' if all(d.low > 0 for d in alt) else
+               'does not hold' if any(d.high < 0 for d in alt) else
+               'unresolved (intervals include 0)')
+    lines.append(f'| FedAlt beats FedSim | {verdict} | '
+                 + '; '.join(f'{a[len("fedalt_"):]} {d.difference:+.2%} '
+                             f'[{d.low:+.2%}, {d.high:+.2%}]' for (a, _), d in zip(pairs, alt))
+                 + ' |')
+  hurt = runs[runs.index.str.startswith(('fedalt_', 'fedsim_'))]
+  if len(hurt):
+    holds = bool((hurt.hurt_fraction_low > 0).all())
+    lines.append(f"| personalization hurts some clients | {'holds' if holds else 'not in every cell'}"
+                 f' | hurt fraction {hurt.hurt_fraction.min():.0%} to '
+                 f'{hurt.hurt_fraction.max():.0%} of clients across partial cells |')
+  return '\n'.join(lines)

@@ -37,25 +37,30 @@ _DUMP_DIRS = flags.DEFINE_list('dump_dirs', ['../shared/data/stackexchange'],
                                'Stack Exchange site folders, or folders of them.')
 _OUTPUT_DIR = flags.DEFINE_string('output_dir', 'output/main_job', 'Where runs and the report go.')
 _MIN_EXAMPLES = flags.DEFINE_integer(
-    'min_examples', 200, 'Sentences a client needs to be kept (200: 180 clients of all 18 '
-    'sites).')
+    'min_examples', 500, 'Sentences a client needs to be kept (500: the 55 largest clients; '
+    '200: 180 clients of all 18 sites).')
 _SEEDS = flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds of the personalization stage; '
                            'rows are reported as mean and 95% interval over them (>= 2).')
-_PRETRAIN_ROUNDS = flags.DEFINE_integer('pretrain_rounds', 25, 'FedAvg pretraining rounds.')
+_PRETRAIN_ROUNDS = flags.DEFINE_integer('pretrain_rounds', 45, 'FedAvg pretraining rounds.')
 _PRETRAIN_CLIENTS = flags.DEFINE_integer(
-    'pretrain_clients_per_round', 2, 'Clients per pretraining round: few clients with '
+    'pretrain_clients_per_round', 4, 'Clients per pretraining round: few clients with '
     'more local work train the most per second (docs/results.md, the recipe).')
-_ROUNDS = flags.DEFINE_integer('rounds', 20, 'Rounds of each run after pretraining.')
-_CLIENTS_PER_ROUND = flags.DEFINE_integer('clients_per_round', 12, 'Clients per round.')
+_PRETRAIN_LR = flags.DEFINE_float('pretrain_learning_rate', 0.003,
+                                  'Local learning rate of pretraining.')
+_PRETRAIN_EXAMPLES = flags.DEFINE_integer('pretrain_max_examples', 512,
+                                          'Examples a client uses per pretraining round.')
+_ROUNDS = flags.DEFINE_integer('rounds', 5, 'Rounds of each run after pretraining.')
+_CLIENTS_PER_ROUND = flags.DEFINE_integer('clients_per_round', 8, 'Clients per round.')
 _PERSONALIZATION = flags.DEFINE_string('personalization', 'last_block', 'Personal part.')
 _MODEL_SIZE = flags.DEFINE_string('model_size', 'tiny', 'tiny or mini.')
 _CLIENT_OPTIMIZER = flags.DEFINE_string('client_optimizer', 'adam', 'Local optimizer.')
-_CLIENT_LR = flags.DEFINE_float('client_learning_rate', 0.003, 'Local learning rate of u.')
+_CLIENT_LR = flags.DEFINE_float('client_learning_rate', 0.001, 'Local learning rate of u '
+                                 '(and of v, and of the finetuning before test).')
 _PERSONAL_LR = flags.DEFINE_float('personal_learning_rate', None,
                                   'Local learning rate of v (default: client_learning_rate).')
 _CLIP_NORM = flags.DEFINE_float('clip_norm', 0.0, 'Global-norm clipping of local steps.')
-_MAX_EXAMPLES = flags.DEFINE_integer('max_examples_per_client', 512,
-                                     'Examples a client uses per round.')
+_MAX_EXAMPLES = flags.DEFINE_integer('max_examples_per_client', 128, 'Examples a client uses '
+                                     'per round (and in the finetuning before test).')
 _FINETUNE_EPOCHS = flags.DEFINE_integer(
     'finetune_epochs', 1, 'Epochs of finetuning of each personal part before test.')
 
@@ -127,7 +132,9 @@ def _run():
   with flags_lib.tff_runtime():
     _train('fedavg_pretrain', _config(
         'fedavg_pretrain', seeds[0], algorithm='fedavg', personalization='none',
-        total_rounds=_PRETRAIN_ROUNDS.value, clients_per_round=_PRETRAIN_CLIENTS.value))
+        total_rounds=_PRETRAIN_ROUNDS.value, clients_per_round=_PRETRAIN_CLIENTS.value,
+        client_learning_rate=_PRETRAIN_LR.value, max_examples_per_client=_PRETRAIN_EXAMPLES.value,
+        server_lr_schedule='warmup_decay', server_warmup_fraction=0.0))
     for seed in seeds:
       summaries = {}
       for name, config in _seed_runs(seed, out, pretrain).items():

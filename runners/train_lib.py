@@ -298,37 +298,10 @@ def build_runner(config, task, named_init, store, *, population=None,
   `population` (training client ids; default all) seeds the Byzantine set, and
   with `make_dataset` ((client id, seed) -> dataset) drives asynchronous runs.
   """
-  client_opt = optimizers.build_optimizer(
-      config.client_optimizer, config.client_learning_rate, clip_norm=config.clip_norm)
-  server_opt = server_optimizer(config)
-  aggregator = robust_aggregators.build_robust_aggregator(
-      config.aggregator, trim_fraction=config.trim_fraction,
-      bucket_size=config.bucket_size, seed=config.seed)
   shared, _ = task.partition.split(named_init)
-  if config.algorithm == 'fedavg':
-    process = tff.learning.algorithms.build_weighted_fed_avg(
-        task.variable_model_fn, client_optimizer_fn=client_opt,
-        server_optimizer_fn=server_opt, model_aggregator=aggregator,
-        loop_implementation=tff.learning.LoopImplementation.DATASET_ITERATOR)
+  process = memoized('process', config, lambda: _build_process(config, task))
+  if config.algorithm in ('fedavg', 'fedrecon'):
     return training_loop.FedAvgRunner(process, initial_weights=shared)
-  if config.algorithm == 'fedrecon':
-    # Configured as stateless FedAlt: reconstruction on the whole client
-    # dataset for tau_v epochs, then tau_u epochs on u (see docs/design.md).
-    process = tff.learning.algorithms.build_fed_recon(
-        task.reconstruction_model_fn, loss_fn=task.loss_fn, metrics_fn=task.metrics_fn,
-        client_optimizer_fn=client_opt, server_optimizer_fn=server_opt,
-        reconstruction_optimizer_fn=personal_optimizer(config),
-        dataset_split_fn=tff.learning.models.ReconstructionModel.build_dataset_split_fn(
-            recon_epochs=config.tau_v, post_recon_epochs=config.tau_u, split_dataset=False))
-    return training_loop.FedAvgRunner(process, initial_weights=shared)
-  process = personalized_process.build_personalized_process(
-      task.reconstruction_model_fn, loss_fn=task.loss_fn, metrics_fn=task.metrics_fn,
-      algorithm=config.algorithm, client_optimizer=client_opt,
-      personal_optimizer=personal_optimizer(config), server_optimizer=server_opt,
-      tau_u=config.tau_u, tau_v=config.tau_v, local_unit=config.local_unit,
-      personal_l2=config.personal_l2, prox_strength=config.prox_strength,
-      inner_steps=config.inner_steps, local_steps=config.local_steps,
-      model_aggregator=aggregator, evaluation_loss_fn=task.evaluation_loss_fn)
   population = sorted(population or task.train_data.client_ids)
   if config.asynchronous:
     if make_dataset is None:
@@ -344,6 +317,68 @@ def build_runner(config, task, named_init, store, *, population=None,
       process, store, initial_shared=shared, stateless=config.stateless, attack=attack,
       byzantine_ids=frozenset(attack.byzantine_clients(population)) if attack else frozenset())
 
+
+
+def _build_process(config, task):
+  """The TFF process of `config.algorithm` (TFF's FedAvg or FedRecon, or ours)."""
+  client_opt = optimizers.build_optimizer(
+      config.client_optimizer, config.client_learning_rate, clip_norm=config.clip_norm)
+  server_opt = server_optimizer(config)
+  aggregator = robust_aggregators.build_robust_aggregator(
+      config.aggregator, trim_fraction=config.trim_fraction,
+      bucket_size=config.bucket_size, seed=config.seed)
+  if config.algorithm == 'fedavg':
+    return tff.learning.algorithms.build_weighted_fed_avg(
+        task.variable_model_fn, client_optimizer_fn=client_opt,
+        server_optimizer_fn=server_opt, model_aggregator=aggregator,
+        loop_implementation=tff.learning.LoopImplementation.DATASET_ITERATOR)
+  if config.algorithm == 'fedrecon':
+    # Configured as stateless FedAlt: reconstruction on the whole client
+    # dataset for tau_v epochs, then tau_u epochs on u (see docs/design.md).
+    return tff.learning.algorithms.build_fed_recon(
+        task.reconstruction_model_fn, loss_fn=task.loss_fn, metrics_fn=task.metrics_fn,
+        client_optimizer_fn=client_opt, server_optimizer_fn=server_opt,
+        reconstruction_optimizer_fn=personal_optimizer(config),
+        dataset_split_fn=tff.learning.models.ReconstructionModel.build_dataset_split_fn(
+            recon_epochs=config.tau_v, post_recon_epochs=config.tau_u, split_dataset=False))
+  return personalized_process.build_personalized_process(
+      task.reconstruction_model_fn, loss_fn=task.loss_fn, metrics_fn=task.metrics_fn,
+      algorithm=config.algorithm, client_optimizer=client_opt,
+      personal_optimizer=personal_optimizer(config), server_optimizer=server_opt,
+      tau_u=config.tau_u, tau_v=config.tau_v, local_unit=config.local_unit,
+      personal_l2=config.personal_l2, prox_strength=config.prox_strength,
+      inner_steps=config.inner_steps, local_steps=config.local_steps,
+      model_aggregator=aggregator, evaluation_loss_fn=task.evaluation_loss_fn)
+
+
+# Settings that never enter a TFF computation. Runs that differ only in them
+# share their computations (`memoized`): a main job traces each process once
+# for all its seeds, instead of about 10 s per run.
+_NOT_TRACED = frozenset({
+    'experiment_name', 'root_output_dir', 'init_from', 'init_checkpoint', 'baseline_model',
+    'report', 'progress', 'rounds_per_eval', 'rounds_per_checkpoint', 'eval_clients',
+    'report_clients', 'finetune_epochs', 'finetune_learning_rate',
+    'finetune_personalization', 'clients_per_round', 'byzantine_fraction', 'attack',
+    'attack_scale', 'async_concurrency', 'async_delay', 'async_delay_mean',
+    'async_slow_fraction', 'async_slow_factor', 'async_delay_adaptive', 'groups',
+    'client_group'})
+_COMPUTATIONS = {}
+
+
+def memoized(what: str, config, build, **details):
+  """`build()`, once per process for equal (`what`, traced settings of
+  `config`, `details`). The seed is traced only by robust aggregators
+  (bucketing), the total rounds only by a server schedule."""
+  ignored = set(_NOT_TRACED)
+  if config.aggregator == 'mean' and config.bucket_size == 1:
+    ignored.add('seed')
+  if config.server_lr_schedule == 'constant':
+    ignored.add('total_rounds')
+  settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in ignored}
+  key = json.dumps([what, settings, details], sort_keys=True, default=str)
+  if key not in _COMPUTATIONS:
+    _COMPUTATIONS[key] = build()
+  return _COMPUTATIONS[key]
 
 def _attack(config) -> Optional[byzantine.ByzantineAttack]:
   if not config.byzantine_fraction:
@@ -483,7 +518,7 @@ def train(config: TrainConfig) -> dict:
   if isinstance(runner, training_loop.PersonalizedRunner):
     evaluate = runner.process.evaluate  # Built with the process; no second trace.
   else:
-    evaluate = build_evaluation(task)
+    evaluate = memoized('evaluation', config, lambda: build_evaluation(task))
   metric = task.report_metric
   heldout_ids = set(task.heldout_data.client_ids)
   eval_ids = [c for c in evaluation_clients(task, config) if c in heldout_ids]
@@ -555,7 +590,8 @@ def _report_weights(config, task, evaluate, final_named, store, ids, bar):
   if config.algorithm == 'fedavg':
     part = config.finetune_personalization or 'full'
     task = create_task(config, personalization=part)
-    evaluate = build_evaluation(task)
+    evaluate = memoized('evaluation', config, lambda: build_evaluation(task),
+                        personalization=part)
     u, v0 = task.partition.split(task.complete_weights_fn(final_named, task.partition.shapes))
     personal = [v0] * len(ids)
   else:  # Full personalization stores whole models as v_i; u is unused then.
@@ -567,7 +603,10 @@ def _report_weights(config, task, evaluate, final_named, store, ids, bar):
   epochs = _finetune_epochs(config)
   if epochs:
     bar.set_description('finetuning personal parts')
-    personal = finetune_clients(build_finetuning(config, task, epochs), task, config, u,
+    finetune = memoized('finetuning', config, lambda: build_finetuning(config, task, epochs),
+                        personalization=task.partition_name, epochs=epochs,
+                        learning_rate=config.finetune_learning_rate)
+    personal = finetune_clients(finetune, task, config, u,
                                 personal, ids, progress=bar.update)
   return evaluate, u, personal
 
@@ -627,7 +666,7 @@ def _baseline_results(config, task, baseline_named, start_weights, splits, bar,
         bar.update(len(ids))
         continue
     if evaluate is None:
-      evaluate = build_evaluation(task)
+      evaluate = memoized('evaluation', config, lambda: build_evaluation(task))
     if u is None:  # The run's model with the baseline's weights.
       # Variables the baseline lacks (adapters: identity at their start) come
       # from this run's start weights.
