@@ -362,23 +362,43 @@ _NOT_TRACED = frozenset({
     'attack_scale', 'async_concurrency', 'async_delay', 'async_delay_mean',
     'async_slow_fraction', 'async_slow_factor', 'async_delay_adaptive', 'groups',
     'client_group'})
+# What the evaluation and the finetuning computations read of a config (with
+# the task's options): they do not depend on the algorithm that trained.
+_TASK_FIELDS = ('task', 'cache_dir', 'model_size', 'adapter_size', 'dropout', 'vocab_size',
+                'model', 'width_multiplier', 'heldout_fraction', 'gldv2_variant', 'image_size',
+                'crop_size', 'client_batch_size', 'max_examples_per_client')
+_FINETUNE_FIELDS = _TASK_FIELDS + ('client_optimizer', 'client_learning_rate',
+                                   'personal_learning_rate', 'clip_norm', 'local_unit',
+                                   'personal_l2')
 _COMPUTATIONS = {}
 
 
 def memoized(what: str, config, build, **details):
-  """`build()`, once per process for equal (`what`, traced settings of
-  `config`, `details`). The seed is traced only by robust aggregators
-  (bucketing), the total rounds only by a server schedule."""
-  ignored = set(_NOT_TRACED)
-  if config.aggregator == 'mean' and config.bucket_size == 1:
-    ignored.add('seed')
-  if config.server_lr_schedule == 'constant':
-    ignored.add('total_rounds')
-  settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in ignored}
+  """`build()`, once per Python process for equal (`what`, the settings of
+  `config` it traces, `details`).
+
+  A 'process' traces every setting but `_NOT_TRACED` (the seed only with
+  robust aggregators, which bucket with it; the total rounds only with a
+  server schedule); an 'evaluation' only `_TASK_FIELDS`; a 'finetuning'
+  `_FINETUNE_FIELDS`.
+  """
+  fields = dataclasses.asdict(config)
+  if what == 'evaluation':
+    settings = {k: fields[k] for k in _TASK_FIELDS}
+  elif what == 'finetuning':
+    settings = {k: fields[k] for k in _FINETUNE_FIELDS}
+  else:
+    ignored = set(_NOT_TRACED)
+    if config.aggregator == 'mean' and config.bucket_size == 1:
+      ignored.add('seed')
+    if config.server_lr_schedule == 'constant':
+      ignored.add('total_rounds')
+    settings = {k: v for k, v in fields.items() if k not in ignored}
   key = json.dumps([what, settings, details], sort_keys=True, default=str)
   if key not in _COMPUTATIONS:
     _COMPUTATIONS[key] = build()
   return _COMPUTATIONS[key]
+
 
 def _attack(config) -> Optional[byzantine.ByzantineAttack]:
   if not config.byzantine_fraction:
@@ -518,7 +538,8 @@ def train(config: TrainConfig) -> dict:
   if isinstance(runner, training_loop.PersonalizedRunner):
     evaluate = runner.process.evaluate  # Built with the process; no second trace.
   else:
-    evaluate = memoized('evaluation', config, lambda: build_evaluation(task))
+    evaluate = memoized('evaluation', config, lambda: build_evaluation(task),
+                        personalization=config.personalization)
   metric = task.report_metric
   heldout_ids = set(task.heldout_data.client_ids)
   eval_ids = [c for c in evaluation_clients(task, config) if c in heldout_ids]
@@ -666,7 +687,8 @@ def _baseline_results(config, task, baseline_named, start_weights, splits, bar,
         bar.update(len(ids))
         continue
     if evaluate is None:
-      evaluate = memoized('evaluation', config, lambda: build_evaluation(task))
+      evaluate = memoized('evaluation', config, lambda: build_evaluation(task),
+                          personalization=task.partition_name)
     if u is None:  # The run's model with the baseline's weights.
       # Variables the baseline lacks (adapters: identity at their start) come
       # from this run's start weights.
