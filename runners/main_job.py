@@ -41,7 +41,7 @@ _MIN_EXAMPLES = flags.DEFINE_integer(
     '200: 180 clients of all 18 sites).')
 _SEEDS = flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds of the personalization stage; '
                            'rows are reported as mean and 95% interval over them (>= 2).')
-_PRETRAIN_ROUNDS = flags.DEFINE_integer('pretrain_rounds', 45, 'FedAvg pretraining rounds.')
+_PRETRAIN_ROUNDS = flags.DEFINE_integer('pretrain_rounds', 36, 'FedAvg pretraining rounds.')
 _PRETRAIN_CLIENTS = flags.DEFINE_integer(
     'pretrain_clients_per_round', 4, 'Clients per pretraining round: few clients with '
     'more local work train the most per second (docs/results.md, the recipe).')
@@ -49,7 +49,7 @@ _PRETRAIN_LR = flags.DEFINE_float('pretrain_learning_rate', 0.003,
                                   'Local learning rate of pretraining.')
 _PRETRAIN_EXAMPLES = flags.DEFINE_integer('pretrain_max_examples', 512,
                                           'Examples a client uses per pretraining round.')
-_ROUNDS = flags.DEFINE_integer('rounds', 5, 'Rounds of each run after pretraining.')
+_ROUNDS = flags.DEFINE_integer('rounds', 4, 'Rounds of each run after pretraining.')
 _CLIENTS_PER_ROUND = flags.DEFINE_integer('clients_per_round', 8, 'Clients per round.')
 _PERSONALIZATION = flags.DEFINE_string('personalization', 'last_block', 'Personal part.')
 _MODEL_SIZE = flags.DEFINE_string('model_size', 'tiny', 'tiny or mini.')
