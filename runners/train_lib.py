@@ -747,6 +747,9 @@ def write_report(config, task, evaluate, final_named, store, start_weights, *,
         pers.loc[honest], base.loc[honest], metric)[1]
     per_client['byzantine'] = per_client.index.isin(byz)
   # The inputs of the choice are kept, so anyone can check it saw no test data.
+  # Test loss too: a smooth measure where an early model's accuracy is still 0.
+  per_client['personalized_loss'] = pers.loss.reindex(per_client.index)
+  per_client['baseline_loss'] = base.loss.reindex(per_client.index)
   per_client['heldout_personalized'] = pers_heldout[metric].reindex(per_client.index)
   per_client['heldout_baseline'] = base_heldout[metric].reindex(per_client.index)
   use_personalized, gated_summary = evaluation.gate_by_heldout(per_client)

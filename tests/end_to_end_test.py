@@ -57,8 +57,12 @@ def test_fedavg_then_personalization(cache_dir, tmp_path):
     per_client = pd.read_csv(os.path.join(result['run_dir'], 'report', 'per_client.csv'))
     assert summary['clients'] == len(per_client) == CLIENTS
     assert summary['helped_fraction'] + summary['hurt_fraction'] + summary['unchanged_fraction'] == pytest.approx(1)
-    # After 4 FedAvg rounds the baseline may still predict only masked tokens (0%).
-    assert 0 <= summary['baseline_mean'] < summary['personalized_mean'] < 1
+    # After 4 rounds on a 1,000-word vocabulary either model may still predict
+    # only masked tokens (0% accuracy; which one does flips with the shuffles),
+    # so the improvement is read on the test loss, weighted by test tokens.
+    assert 0 <= summary['baseline_mean'] < 1 and 0 <= summary['personalized_mean'] < 1
+    w = per_client.tokens
+    assert (per_client.personalized_loss * w).sum() < (per_client.baseline_loss * w).sum()
     # Participation counts are those of the sampler (here: every round).
     config = _config(cache_dir, out, algorithm)
     train_ids = sorted(set(per_client.client_id))  # all kept clients train and test
