@@ -47,9 +47,13 @@ def test_fedavg_then_personalization(cache_dir, tmp_path):
   assert heldout.iloc[3] < heldout.iloc[1]
 
   for algorithm in ('fedalt', 'fedsim'):
+    # u and v at 0.1, the reference code's personalization rate: at 0.5, four
+    # more rounds on the same 64 sentences per client can end worse on test
+    # than the FedAvg model, depending on the shuffles.
     result = train_lib.train(_config(
         cache_dir, out, algorithm, algorithm=algorithm, personalization='last_block',
-        init_from=fedavg['run_dir'], baseline_model=fedavg['run_dir']))
+        client_learning_rate=0.1, init_from=fedavg['run_dir'],
+        baseline_model=fedavg['run_dir']))
     metrics = pd.read_csv(os.path.join(result['run_dir'], 'metrics.csv'))
     loss = metrics['train/client_work/loss']
     assert loss.iloc[-1] < loss.iloc[0], list(loss)
