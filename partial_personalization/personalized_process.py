@@ -64,6 +64,12 @@ def model_types(model_fn):
   return shared, personal, data
 
 
+@tff.tensorflow.computation(np.float32)
+def _unit_weight(weight):
+  """Uniform client weighting: every update counts 1 in the mean."""
+  return tf.ones_like(weight)
+
+
 class PersonalizedProcess(tff.templates.IterativeProcess):
   """An `IterativeProcess` whose `next` also maps CLIENTS-placed personal weights.
 
@@ -121,6 +127,7 @@ def build_personalized_process(
     inner_steps: int = 5,
     local_steps: int = 1,
     model_aggregator: Optional[tff.aggregators.WeightedAggregationFactory] = None,
+    client_weighting: tff.learning.ClientWeighting = tff.learning.ClientWeighting.NUM_EXAMPLES,
     evaluation_loss_fn: Optional[Callable[[], tf.keras.losses.Loss]] = None,
 ) -> PersonalizedProcess:
   """Builds FedAlt, FedSim, FFGG, or the full-personalization Ditto and pFedMe.
@@ -150,6 +157,10 @@ def build_personalized_process(
     model_aggregator: Weighted aggregation factory for u updates; defaults to
       `tff.aggregators.MeanFactory()` (example-weighted mean); see
       `robust_aggregators` for Byzantine-robust ones.
+    client_weighting: TFF's `ClientWeighting` of the u updates: NUM_EXAMPLES
+      (each client's examples, as FedAvg) or UNIFORM (1 per client: the
+      (1/m) sum_i of Pillutla et al. Algorithm 1 and Mishchenko et al.
+      Algorithm 1).
     evaluation_loss_fn: The loss of `evaluate` (no gradient taken), e.g. a
       cheaper form of the same loss; defaults to `loss_fn`.
 
@@ -157,7 +168,7 @@ def build_personalized_process(
     A `PersonalizedProcess`.
 
   Raises:
-    ValueError: unknown `algorithm` or `local_unit`, a model with no shared
+    ValueError: unknown `algorithm`, `local_unit` or `client_weighting`, a model with no shared
       trainable variable (nothing to federate), or Ditto/pFedMe with personal
       variables in the model.
   """
@@ -167,6 +178,10 @@ def build_personalized_process(
   personal_optimizer = personal_optimizer or client_optimizer
   server_optimizer = server_optimizer or tff.learning.optimizers.build_sgdm(1.0)
   model_aggregator = model_aggregator or tff.aggregators.MeanFactory()
+  if client_weighting not in (tff.learning.ClientWeighting.NUM_EXAMPLES,
+                              tff.learning.ClientWeighting.UNIFORM):
+    raise ValueError(f'client_weighting must be NUM_EXAMPLES or UNIFORM, got {client_weighting!r}')
+  uniform = client_weighting == tff.learning.ClientWeighting.UNIFORM
 
   shared_type, personal_type, data_type = model_types(model_fn)
   if not shared_type.trainable:
@@ -249,8 +264,10 @@ def build_personalized_process(
   @tff.federated_computation(
       state_type, tff.FederatedType(client_update.type_signature.result, tff.CLIENTS))
   def server_step(state, outputs):
-    aggregated = aggregator.next(
-        state.aggregator, outputs.shared_update, outputs.update_weight)
+    weights = outputs.update_weight
+    if uniform:
+      weights = tff.federated_map(_unit_weight, weights)
+    aggregated = aggregator.next(state.aggregator, outputs.shared_update, weights)
     finalized = finalizer.next(
         state.finalizer, state.global_model_weights, aggregated.result)
     new_state = tff.federated_zip(

@@ -75,6 +75,8 @@ _HELP = {
     'trim_fraction': 'trimmed_mean: fraction trimmed at each end, in [0, 0.5).',
     'bucket_size': 'Bucketing before the aggregator: shuffle, average buckets of this many '
                    'updates (1: none).',
+    'client_weighting': 'Weight of each client\'s u update in the mean: examples (its '
+                        'example count, as FedAvg) or uniform (1 each, as FFGG\'s 1/n sum).',
     'byzantine_fraction': 'Simulated attack: fraction of the training clients that are '
                           'Byzantine (a fixed, seeded set); 0: none.',
     'attack': 'What Byzantine clients send: flip (-attack_scale * update) or noise '

@@ -10,13 +10,19 @@ Stages (`run_group_personalization`), each resumable:
               (whole model by default) on its train split, or a
               partial-personalization algorithm run on the group's clients
               with the group model as the starting shared part.
-The report compares, per client and on its test split, the four models
+  control    (`equal_budget_control`) FedAvg of the whole model on every
+              client from the global model, for as many client updates as
+              the group stage made (`extra/`), then the same local stage: is
+              "+ group" grouping, or just more training?
+The report compares, per client and on its test split, the models
   global, global+local, global+group, global+group+local
+  (and global+extra, global+extra+local with the control)
 (mean, 10th percentile, helped/hurt against global) in `report/`.
 """
 
 import dataclasses
 import json
+import math
 import os
 import re
 from typing import Callable, Optional
@@ -31,6 +37,7 @@ from partial_personalization import runtime
 from runners import train_lib
 
 VARIANTS = ('global', 'global_local', 'global_group', 'global_group_local')
+CONTROL_VARIANTS = ('global_extra', 'global_extra_local')
 LOCAL_ALGORITHMS = ('finetune',) + personalized_process.PARTIAL_ALGORITHMS
 
 
@@ -47,6 +54,10 @@ class GroupSettings:
     local_rounds: Rounds of the local algorithm (not finetune).
     min_group_clients: Groups with fewer training clients are not fine-tuned;
       their clients keep the global model as their group model.
+    equal_budget_control: Also train the control (FedAvg on every client for
+      the group stage's client updates) and report its two variants.
+    global_model: A run directory (or .npz) to use as the global model
+      instead of training stage 1, e.g. the main job's pretrained model.
   """
 
   groups: str = 'metadata'
@@ -57,6 +68,11 @@ class GroupSettings:
   finetune_epochs: int = 1
   local_rounds: int = 10
   min_group_clients: int = 1
+  equal_budget_control: bool = True
+  global_model: Optional[str] = None
+
+  def variants(self) -> tuple[str, ...]:
+    return VARIANTS + (CONTROL_VARIANTS if self.equal_budget_control else ())
 
   def __post_init__(self):
     if self.local_algorithm not in LOCAL_ALGORITHMS:
@@ -81,10 +97,26 @@ def _restart_runtime():
 
 
 def train_global(common: dict, settings: GroupSettings) -> str:
+  if settings.global_model:
+    if not os.path.exists(settings.global_model):
+      raise FileNotFoundError(f'--global_model {settings.global_model} does not exist: give a '
+                              'run directory with a model.npz (or an .npz file)')
+    return settings.global_model
   config = _config(common, 'global', algorithm='fedavg', personalization='none',
                    total_rounds=settings.global_rounds)
   train_lib.train(config)
   return config.run_dir
+
+
+def _clients_per_round(common: dict, size: int) -> int:
+  return min(common.get('clients_per_round', 10), int(size))
+
+
+def group_stage_updates(common: dict, settings: GroupSettings, sizes: pd.Series) -> int:
+  """Client updates the group stage makes: rounds x clients per round, summed
+  over the groups it fine-tunes (`sizes`: training clients per group)."""
+  return sum(settings.group_rounds * _clients_per_round(common, size)
+             for size in sizes if size >= settings.min_group_clients)
 
 
 def train_groups(common: dict, settings: GroupSettings, global_dir: str,
@@ -105,13 +137,33 @@ def train_groups(common: dict, settings: GroupSettings, global_dir: str,
                      algorithm='fedavg', personalization='none', groups=settings.groups,
                      client_group=group, init_from=global_dir,
                      total_rounds=settings.group_rounds,
-                     clients_per_round=min(common.get('clients_per_round', 10), int(size)))
+                     clients_per_round=_clients_per_round(common, size))
     log(f'[{i}/{len(sizes)}] group {group}: {size} clients, FedAvg from the global model')
     if not os.path.exists(os.path.join(config.run_dir, 'model.npz')):
       _restart_runtime()
       train_lib.train(config)
     models[group] = config.run_dir
   return models
+
+
+def train_control(common: dict, settings: GroupSettings, global_dir: str,
+                  log: Callable = print) -> str:
+  """The equal-budget control: FedAvg on every client from the global model
+  for at least the group stage's client updates; its run dir."""
+  probe = _config(common, 'global', algorithm='fedavg', personalization='none',
+                  groups=settings.groups)
+  task = train_lib.create_task(probe)
+  sizes = pd.Series(train_lib.client_groups(task, probe)).value_counts()
+  updates = group_stage_updates(common, settings, sizes)
+  per_round = common.get('clients_per_round', 10)
+  config = _config(common, 'extra', algorithm='fedavg', personalization='none',
+                   init_from=global_dir, total_rounds=math.ceil(updates / per_round))
+  log(f'== control: FedAvg on every client from the global model, {config.total_rounds} '
+      f'rounds x {per_round} clients (the group stage made {updates} client updates)')
+  if not os.path.exists(os.path.join(config.run_dir, 'model.npz')):
+    _restart_runtime()
+    train_lib.train(config)
+  return config.run_dir
 
 
 def _finetune_and_evaluate(common: dict, settings: GroupSettings, model_dirs: dict,
@@ -164,9 +216,11 @@ def _algorithm_local(common: dict, settings: GroupSettings, metric: str, name: s
 
 
 def local_stage(common: dict, settings: GroupSettings, global_dir: str,
-                group_models: dict, progress: bool = True) -> pd.DataFrame:
+                group_models: dict, progress: bool = True,
+                extra_dir: Optional[str] = None) -> pd.DataFrame:
   """Stage 3 for every evaluation client; returns one row per client with the
-  accuracy of each of `VARIANTS`, its group and test tokens."""
+  accuracy of each of `settings.variants()` (the control's from `extra_dir`),
+  its group and test tokens."""
   probe = _config(common, 'global', algorithm='fedavg', personalization='none',
                   groups=settings.groups)
   task = train_lib.create_task(probe)
@@ -180,13 +234,19 @@ def local_stage(common: dict, settings: GroupSettings, global_dir: str,
     _restart_runtime()
     group_base, group_local = _finetune_and_evaluate(
         common, settings, group_models, {c: groups[c] for c in ids}, progress)
+    if extra_dir:
+      _restart_runtime()
+      extra_base, extra_local = _finetune_and_evaluate(
+          common, settings, {'extra': extra_dir}, {c: 'extra' for c in ids}, progress)
   else:
     base, local = _algorithm_local(common, settings, metric, 'local_from_global', global_dir)
+    if extra_dir:
+      extra_base, extra_local = _algorithm_local(common, settings, metric, 'local_from_extra',
+                                                 extra_dir)
     parts = [_algorithm_local(
         common, settings, metric, os.path.join('local_from_group', group_dir_name(g)),
         group_models[g], groups=settings.groups, client_group=g,
-        clients_per_round=min(common.get('clients_per_round', 10),
-                              sum(1 for c in groups.values() if c == g)))
+        clients_per_round=_clients_per_round(common, sum(1 for c in groups.values() if c == g)))
              for g in sorted(set(groups[c] for c in ids))]
     group_base = pd.concat([p[0] for p in parts])
     group_local = pd.concat([p[1] for p in parts])
@@ -194,16 +254,22 @@ def local_stage(common: dict, settings: GroupSettings, global_dir: str,
       'group': pd.Series({c: groups[c] for c in ids}),
       'global': base[metric], 'global_local': local[metric],
       'global_group': group_base[metric], 'global_group_local': group_local[metric],
+      **({'global_extra': extra_base[metric], 'global_extra_local': extra_local[metric]}
+         if extra_dir else {}),
       'tokens': base['tokens']}).loc[ids]
   table.index.name = 'client_id'
   return table
+
+
+def _variants(per_client: pd.DataFrame) -> list[str]:
+  return [v for v in VARIANTS + CONTROL_VARIANTS if v in per_client]
 
 
 def summarize(per_client: pd.DataFrame) -> pd.DataFrame:
   """One row per variant: clients, token-weighted mean and p10, helped/hurt vs global."""
   rows = []
   df = per_client[per_client.tokens > 0].dropna()
-  for variant in VARIANTS:
+  for variant in _variants(per_client):
     _, s = evaluation.personalization_report(
         df[[variant, 'tokens']].rename(columns={variant: 'accuracy'}),
         df[['global', 'tokens']].rename(columns={'global': 'accuracy'}), 'accuracy')
@@ -235,11 +301,12 @@ def write_report(per_client: pd.DataFrame, out: str) -> tuple[pd.DataFrame, str]
   with open(os.path.join(report, 'summary.md'), 'w') as f:
     f.write(text + '\n')
   weights = per_client.tokens.clip(lower=1e-9)
-  by_group = (per_client[list(VARIANTS)].mul(weights, axis=0).groupby(per_client.group).sum()
+  variants = _variants(per_client)
+  by_group = (per_client[variants].mul(weights, axis=0).groupby(per_client.group).sum()
               .div(weights.groupby(per_client.group).sum(), axis=0))
   by_group.insert(0, 'clients', per_client.groupby('group').size())
   by_group.to_csv(os.path.join(report, 'by_group.csv'))
-  plots.plot_group_personalization(per_client, list(VARIANTS),
+  plots.plot_group_personalization(per_client, variants,
                                    os.path.join(report, 'report.png'))
   return summary, text
 
@@ -254,7 +321,11 @@ def run_group_personalization(common: dict, settings: GroupSettings,
   group_models = train_groups(common, settings, global_dir, log)
   with open(os.path.join(out, 'group_models.json'), 'w') as f:
     json.dump(group_models, f, indent=2)
-  log(f'== stage 3: local {settings.local_algorithm} from the global and the group models')
+  extra_dir = None
+  if settings.equal_budget_control:
+    extra_dir = train_control(common, settings, global_dir, log)
+  log(f'== stage 3: local {settings.local_algorithm} from the global, group'
+      f'{" and extra" if extra_dir else ""} models')
   per_client = local_stage(common, settings, global_dir, group_models,
-                           progress=common.get('progress', True))
+                           progress=common.get('progress', True), extra_dir=extra_dir)
   return write_report(per_client, out)

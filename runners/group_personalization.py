@@ -6,7 +6,8 @@ Liu, Hui, Peng, arXiv 2210.01863 (see `group_lib`): FedAvg on every client;
 FedAvg fine-tuning per group (`--groups`: by default each client's Stack
 Exchange site); local finetuning of each client from its group model. The
 report compares global, global + local, global + group and global + group +
-local per client (`report/summary.md`, `per_client.csv`, `by_group.csv`,
+local per client, and the equal-budget control (FedAvg on every client for the
+group stage's client updates: global + extra, global + extra + local) (`report/summary.md`, `per_client.csv`, `by_group.csv`,
 `report.png` in `--output_dir`). Every stage resumes when run again.
 """
 
@@ -29,6 +30,12 @@ _GROUPS = flags.DEFINE_string('groups', 'metadata', 'metadata (the site), csv:PA
                               '(client_id,group) or kmeans:K (label histograms).')
 _GLOBAL_ROUNDS = flags.DEFINE_integer('global_rounds', 25, 'Stage 1: global FedAvg rounds.')
 _GROUP_ROUNDS = flags.DEFINE_integer('group_rounds', 10, 'Stage 2: FedAvg rounds per group.')
+_GLOBAL_MODEL = flags.DEFINE_string(
+    'global_model', None, 'Use this run directory (or .npz) as the global model instead of '
+    'training stage 1, e.g. output/main_job/fedavg_pretrain.')
+_CONTROL = flags.DEFINE_bool(
+    'equal_budget_control', True, 'Also train FedAvg on every client from the global model '
+    'for as many client updates as the group stage, then finetune locally from it.')
 _MIN_GROUP_CLIENTS = flags.DEFINE_integer(
     'min_group_clients', 1, 'Groups with fewer training clients keep the global model.')
 _LOCAL_ALGORITHM = flags.DEFINE_enum('local_algorithm', 'finetune', group_lib.LOCAL_ALGORITHMS,
@@ -42,7 +49,8 @@ _LOCAL_ROUNDS = flags.DEFINE_integer('local_rounds', 10, 'Stage 3: rounds of the
 _CLIENTS_PER_ROUND = flags.DEFINE_integer('clients_per_round', 12,
                                           'Clients per round (at most the group size).')
 _MODEL_SIZE = flags.DEFINE_string('model_size', 'tiny', 'tiny or mini.')
-_CLIENT_LR = flags.DEFINE_float('client_learning_rate', 0.5, 'Local SGD learning rate.')
+_CLIENT_OPTIMIZER = flags.DEFINE_string('client_optimizer', 'sgd', 'Local optimizer (sgd, adam).')
+_CLIENT_LR = flags.DEFINE_float('client_learning_rate', 0.5, 'Local learning rate.')
 _FINETUNE_LR = flags.DEFINE_float('finetune_learning_rate', 0.1,
                                   'Learning rate of local finetuning.')
 _MAX_EXAMPLES = flags.DEFINE_integer('max_examples_per_client', 128,
@@ -58,6 +66,7 @@ def _run():
   data_dir = os.path.join(out, 'data')
   flags_lib.convert_if_missing(_DUMP_DIRS.value, data_dir, _MIN_EXAMPLES.value)
   common = dict(root_output_dir=out, cache_dir=data_dir, model_size=_MODEL_SIZE.value,
+                client_optimizer=_CLIENT_OPTIMIZER.value,
                 client_learning_rate=_CLIENT_LR.value,
                 finetune_learning_rate=_FINETUNE_LR.value,
                 clients_per_round=_CLIENTS_PER_ROUND.value,
@@ -69,7 +78,8 @@ def _run():
       local_algorithm=_LOCAL_ALGORITHM.value,
       local_personalization=_LOCAL_PERSONALIZATION.value,
       finetune_epochs=_FINETUNE_EPOCHS.value, local_rounds=_LOCAL_ROUNDS.value,
-      min_group_clients=_MIN_GROUP_CLIENTS.value)
+      min_group_clients=_MIN_GROUP_CLIENTS.value, equal_budget_control=_CONTROL.value,
+      global_model=paths.resolve_path(_GLOBAL_MODEL.value) if _GLOBAL_MODEL.value else None)
   with flags_lib.tff_runtime():
     _, text = group_lib.run_group_personalization(common, settings)
   print('\nPer-client test accuracy (means and 10th percentiles weighted by test tokens):\n')

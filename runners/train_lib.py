@@ -53,6 +53,9 @@ TASK_OPTIONS = {
                   crop_size='crop_size'),
 }
 SERVER_LR_SCHEDULES = ('constant', 'warmup_decay')
+# --client_weighting -> TFF's weighting of client updates in the mean of u.
+CLIENT_WEIGHTING = {'examples': tff.learning.ClientWeighting.NUM_EXAMPLES,
+                    'uniform': tff.learning.ClientWeighting.UNIFORM}
 # Flags that may change when a run is resumed; all others must match.
 _RESUMABLE = {'total_rounds', 'rounds_per_eval', 'rounds_per_checkpoint', 'progress'}
 
@@ -100,6 +103,7 @@ class TrainConfig:
   aggregator: str = 'mean'
   trim_fraction: float = 0.1
   bucket_size: int = 1
+  client_weighting: str = 'examples'
   byzantine_fraction: float = 0.0
   attack: str = 'flip'
   attack_scale: float = 1.0
@@ -156,6 +160,9 @@ class TrainConfig:
       raise ValueError('--byzantine_fraction is not simulated with --asynchronous; use one')
     if self.aggregator != 'mean' and self.algorithm == 'fedrecon':
       raise ValueError('--aggregator is not wired into fedrecon')
+    if self.client_weighting not in CLIENT_WEIGHTING:
+      raise ValueError(f'--client_weighting must be one of {sorted(CLIENT_WEIGHTING)}, '
+                       f'got {self.client_weighting!r}')
     robust_aggregators.build_robust_aggregator(  # Checks the settings.
         self.aggregator, trim_fraction=self.trim_fraction, bucket_size=self.bucket_size)
     if self.byzantine_fraction:
@@ -331,6 +338,7 @@ def _build_process(config, task):
     return tff.learning.algorithms.build_weighted_fed_avg(
         task.variable_model_fn, client_optimizer_fn=client_opt,
         server_optimizer_fn=server_opt, model_aggregator=aggregator,
+        client_weighting=CLIENT_WEIGHTING[config.client_weighting],
         loop_implementation=tff.learning.LoopImplementation.DATASET_ITERATOR)
   if config.algorithm == 'fedrecon':
     # Configured as stateless FedAlt: reconstruction on the whole client
@@ -338,6 +346,7 @@ def _build_process(config, task):
     return tff.learning.algorithms.build_fed_recon(
         task.reconstruction_model_fn, loss_fn=task.loss_fn, metrics_fn=task.metrics_fn,
         client_optimizer_fn=client_opt, server_optimizer_fn=server_opt,
+        client_weighting=CLIENT_WEIGHTING[config.client_weighting],
         reconstruction_optimizer_fn=personal_optimizer(config),
         dataset_split_fn=tff.learning.models.ReconstructionModel.build_dataset_split_fn(
             recon_epochs=config.tau_v, post_recon_epochs=config.tau_u, split_dataset=False))
@@ -348,7 +357,8 @@ def _build_process(config, task):
       tau_u=config.tau_u, tau_v=config.tau_v, local_unit=config.local_unit,
       personal_l2=config.personal_l2, prox_strength=config.prox_strength,
       inner_steps=config.inner_steps, local_steps=config.local_steps,
-      model_aggregator=aggregator, evaluation_loss_fn=task.evaluation_loss_fn)
+      model_aggregator=aggregator, client_weighting=CLIENT_WEIGHTING[config.client_weighting],
+      evaluation_loss_fn=task.evaluation_loss_fn)
 
 
 # Settings that never enter a TFF computation. Runs that differ only in them

@@ -1,5 +1,6 @@
 """Client groups and group personalization (global, then group, then local) on real data."""
 
+import json
 import os
 
 import numpy as np
@@ -101,16 +102,36 @@ def test_three_stages_report_every_variant(cache_dir, tmp_path):
   summary, text = group_lib.run_group_personalization(common, settings, log=lambda *_: None)
   per_client = pd.read_csv(os.path.join(str(tmp_path), 'report', 'per_client.csv'),
                            index_col=0)
-  assert list(summary.variant) == list(group_lib.VARIANTS)
+  variants = list(group_lib.VARIANTS + group_lib.CONTROL_VARIANTS)
+  assert list(summary.variant) == variants
   assert set(per_client.group) == set(SITES) and len(per_client) >= 6
-  assert per_client[list(group_lib.VARIANTS)].notna().all().all()
+  assert per_client[variants].notna().all().all()
+  # The control made at least the group stage's client updates, on every client.
+  sizes = pd.Series(convert_lib.load_client_groups(cache_dir)).value_counts()
+  updates = group_lib.group_stage_updates(common, settings, sizes)
+  with open(os.path.join(str(tmp_path), 'extra', 'flags.json')) as f:
+    extra = json.load(f)
+  assert extra['init_from'] == os.path.join(str(tmp_path), 'global')
+  assert updates == sum(2 * min(4, n) for n in sizes) > 0
+  assert 0 <= extra['total_rounds'] * 4 - updates < 4
   # Every stage changed the model: the group model is not the global one,
   # and local finetuning moved both.
   for a, b in (('global', 'global_group'), ('global', 'global_local'),
-               ('global_group', 'global_group_local')):
+               ('global_group', 'global_group_local'), ('global', 'global_extra'),
+               ('global_group', 'global_extra')):
     assert (per_client[a] != per_client[b]).any(), (a, b)
   for group, run in zip(SITES, sorted(os.listdir(os.path.join(str(tmp_path), 'groups')))):
     assert run == group_lib.group_dir_name(group)
     assert os.path.exists(os.path.join(str(tmp_path), 'groups', run, 'model.npz'))
   assert 'global + group + local' in text
   assert os.path.exists(os.path.join(str(tmp_path), 'report', 'report.png'))
+
+
+
+def test_a_given_global_model_replaces_stage_one(tmp_path):
+  model = tmp_path / 'pretrain'
+  model.mkdir()
+  settings = group_lib.GroupSettings(global_model=str(model))
+  assert group_lib.train_global({}, settings) == str(model)
+  with pytest.raises(FileNotFoundError, match='--global_model .* does not exist'):
+    group_lib.train_global({}, group_lib.GroupSettings(global_model=str(tmp_path / 'no')))

@@ -48,35 +48,39 @@ def reference_client(u, v, xs, ys, *, alternating, tau_u, tau_v, steps=False):
   return u, v, len(seen)
 
 
-def reference_round(u, vs, *, server_lr=1.0, **kwargs):
+def reference_round(u, vs, *, server_lr=1.0, uniform=False, **kwargs):
   updates, weights, new_vs = [], [], []
   for (xs, ys), v in zip(CLIENTS.values(), vs):
     u_local, v_local, n = reference_client(u, v, xs, ys, **kwargs)
     updates.append(u - u_local)
-    weights.append(n)
+    weights.append(1 if uniform else n)
     new_vs.append(v_local)
   mean_update = np.dot(updates, weights) / np.sum(weights)
   return u - server_lr * mean_update, new_vs
 
 
-def _process(algorithm, tau_u=1, tau_v=1, local_unit='epochs', server_lr=1.0):
+def _process(algorithm, tau_u=1, tau_v=1, local_unit='epochs', server_lr=1.0,
+             weighting=tff.learning.ClientWeighting.NUM_EXAMPLES):
   return personalized_process.build_personalized_process(
       tm.model_fn, loss_fn=tf.keras.losses.MeanSquaredError, algorithm=algorithm,
       client_optimizer=tff.learning.optimizers.build_sgdm(LR),
       personal_optimizer=tff.learning.optimizers.build_sgdm(PERSONAL_LR),
       server_optimizer=tff.learning.optimizers.build_sgdm(server_lr),
-      tau_u=tau_u, tau_v=tau_v, local_unit=local_unit)
+      tau_u=tau_u, tau_v=tau_v, local_unit=local_unit, client_weighting=weighting)
 
 
-@pytest.mark.parametrize('algorithm,tau_u,tau_v,unit,server_lr', [
-    ('fedalt', 1, 1, 'epochs', 1.0),
-    ('fedalt', 2, 3, 'epochs', 0.5),
-    ('fedalt', 3, 2, 'steps', 1.0),
-    ('fedsim', 1, 1, 'epochs', 1.0),
-    ('fedsim', 4, 1, 'steps', 0.5),
+@pytest.mark.parametrize('algorithm,tau_u,tau_v,unit,server_lr,uniform', [
+    ('fedalt', 1, 1, 'epochs', 1.0, False),
+    ('fedalt', 2, 3, 'epochs', 0.5, False),
+    ('fedalt', 3, 2, 'steps', 1.0, False),
+    ('fedalt', 2, 1, 'epochs', 1.0, True),  # Clients of 2 and 3 examples count 1 each.
+    ('fedsim', 1, 1, 'epochs', 1.0, False),
+    ('fedsim', 4, 1, 'steps', 0.5, False),
 ])
-def test_two_rounds_match_reference(algorithm, tau_u, tau_v, unit, server_lr):
-  process = _process(algorithm, tau_u, tau_v, unit, server_lr)
+def test_two_rounds_match_reference(algorithm, tau_u, tau_v, unit, server_lr, uniform):
+  process = _process(algorithm, tau_u, tau_v, unit, server_lr,
+                     tff.learning.ClientWeighting.UNIFORM if uniform
+                     else tff.learning.ClientWeighting.NUM_EXAMPLES)
   state = process.initialize()
   state = process.set_model_weights(state, tm.weights(0.3))
   u, vs = 0.3, [0.25, -0.5]
@@ -84,7 +88,8 @@ def test_two_rounds_match_reference(algorithm, tau_u, tau_v, unit, server_lr):
   datasets = [tm.dataset(*xy) for xy in CLIENTS.values()]
   for _ in range(2):
     state, personal, metrics = process.next(state, personal, datasets)
-    u, vs = reference_round(u, vs, server_lr=server_lr, alternating=(algorithm == 'fedalt'),
+    u, vs = reference_round(u, vs, server_lr=server_lr, uniform=uniform,
+                            alternating=(algorithm == 'fedalt'),
                             tau_u=tau_u, tau_v=tau_v, steps=(unit == 'steps'))
     assert tm.scalar(process.get_model_weights(state)) == pytest.approx(u, rel=1e-5)
     assert [tm.scalar(p) for p in personal] == pytest.approx(vs, rel=1e-5)
@@ -149,6 +154,8 @@ def test_bad_arguments_are_named():
     _process('fedavg')
   with pytest.raises(ValueError, match='local_unit'):
     _process('fedalt', local_unit='minutes')
+  with pytest.raises(ValueError, match='client_weighting'):
+    _process('fedalt', weighting='uniform')  # The enum, not its name.
   with pytest.raises(ValueError, match='nothing to federate'):
     personalized_process.build_personalized_process(
         lambda: tm.partition_lib.build_reconstruction_model(

@@ -1,7 +1,9 @@
-"""train_lib.memoized: which runs share a traced computation."""
+"""train_lib: which runs share a traced computation (memoized); settings checks."""
 
 import dataclasses
 import uuid
+
+import pytest
 
 from runners import train_lib
 
@@ -28,6 +30,8 @@ def test_traced_settings_get_their_own_process():
   base = _config()
   assert _count_builds([base, dataclasses.replace(base, client_learning_rate=0.5)],
                        'process') == 2
+  assert _count_builds([base, dataclasses.replace(base, client_weighting='uniform')],
+                       'process') == 2
   # Bucketing draws from the seed; a server schedule from the total rounds.
   robust = _config(aggregator='median', bucket_size=2)
   assert _count_builds([robust, dataclasses.replace(robust, seed=1)], 'process') == 2
@@ -45,3 +49,8 @@ def test_evaluation_and_finetuning_do_not_depend_on_the_algorithm():
                        'finetuning') == 2
   assert _count_builds([fedalt, _config(algorithm='fedalt', model_size='mini')],
                        'evaluation') == 2
+
+
+def test_client_weighting_is_checked():
+  with pytest.raises(ValueError, match='--client_weighting must be one of'):
+    _config(client_weighting='tokens')
