@@ -179,9 +179,7 @@ class AsyncRunner(training_loop.PersonalizedRunner):
       state, step_metrics = self.process.server_step(
           state, [scale_update(arrival.output, factor)])
       version += 1
-      if not self.stateless:
-        self.store.write(round_num, [arrival.client_id],
-                         [arrival.output['personal_weights']])
+      self.write_personal(round_num, [arrival.client_id], [arrival.output['personal_weights']])
       self.applied.append((arrival.client_id, arrival.start_version, stale, arrival.finish_time))
       metrics.append(training_loop.flatten_metrics(step_metrics))
       staleness.append(stale)

@@ -13,17 +13,22 @@ resume, `rollback()` drops rows newer than it, so nothing from a half-done
 round mixes with the restored server state. `commit` also prunes rows that a
 newer committed row supersedes, so the file holds about one row per client.
 
-Schema: `meta(key TEXT PRIMARY KEY, value BLOB)` with `committed_round` and
-`initial` (v_0, for clients never seen); `personal(client_id TEXT, round
-INTEGER, weights BLOB, participations INTEGER)`, where `participations` counts
-the rounds in which the client has trained v up to that row. Weights are `.npz`
-blobs of `ModelWeights` lists.
+Schema: `meta(key TEXT PRIMARY KEY, value BLOB)` with `committed_round`,
+`initial` (v_0, for clients never seen) and `checkpoint_sha256` (the content
+hash of the committed round's server checkpoint, see `training_loop`);
+`personal(client_id TEXT, round INTEGER, weights BLOB, participations INTEGER,
+sha256 TEXT)`, where `participations` counts the rounds in which the client has
+trained v up to that row and `sha256` is the weights blob's hash (checked on
+every read; NULL in stores written before it existed). Weights are `.npz`
+blobs of `ModelWeights` lists. Opening an existing store runs SQLite's
+`PRAGMA quick_check`.
 """
 
+import hashlib
 import io
 import os
 import sqlite3
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import tensorflow_federated as tff
@@ -76,6 +81,10 @@ class ClientStateStore:
     try:
       os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
       self._conn = sqlite3.connect(path, isolation_level=None)
+      if not new:
+        check = self._conn.execute('PRAGMA quick_check').fetchone()[0]
+        if check != 'ok':
+          raise sqlite3.DatabaseError(f'integrity check failed: {check}')
       self._conn.execute('PRAGMA journal_mode=WAL')
       self._conn.execute('PRAGMA synchronous=FULL')
       with self._transaction():
@@ -84,7 +93,10 @@ class ClientStateStore:
         self._conn.execute(
             'CREATE TABLE IF NOT EXISTS personal (client_id TEXT NOT NULL, '
             'round INTEGER NOT NULL, weights BLOB NOT NULL, '
-            'participations INTEGER NOT NULL, PRIMARY KEY (client_id, round))')
+            'participations INTEGER NOT NULL, sha256 TEXT, PRIMARY KEY (client_id, round))')
+        columns = [r[1] for r in self._conn.execute('PRAGMA table_info(personal)')]
+        if 'sha256' not in columns:  # A store of an earlier version.
+          self._conn.execute('ALTER TABLE personal ADD COLUMN sha256 TEXT')
         if new:
           self._set_meta('initial', serialize_weights(initial_personal))
           self._set_meta('committed_round', 0)
@@ -131,24 +143,52 @@ class ClientStateStore:
   def committed_round(self) -> int:
     return int(self._get_meta('committed_round'))
 
-  def _latest(self, column: str, client_ids: Sequence[str], before_round: int) -> list:
-    """`column` of each client's latest row before `before_round` (None if it
+  def checkpoint_hash(self, round_num: int):
+    """The server checkpoint hash committed with `round_num` (None: not recorded)."""
+    row = self._conn.execute("SELECT value FROM meta WHERE key = 'checkpoint_sha256'").fetchone()
+    if row is None or round_num != self.committed_round:
+      return None
+    return row[0]
+
+  def _latest(self, columns: str, client_ids: Sequence[str], before_round: int) -> list:
+    """`columns` of each client's latest row before `before_round` (None if it
     has none), read in one transaction: one snapshot for the whole round."""
     with self._transaction('DEFERRED'):
       rows = [self._conn.execute(
-          f'SELECT {column} FROM personal WHERE client_id = ? AND round < ? '
+          f'SELECT {columns} FROM personal WHERE client_id = ? AND round < ? '
           'ORDER BY round DESC LIMIT 1', (cid, before_round)).fetchone()
               for cid in client_ids]
-    return [row[0] if row else None for row in rows]
+    return [row if row else None for row in rows]
+
+  def _weights(self, client_id: str, row) -> ModelWeights:
+    round_num, blob, digest = row
+    error = None
+    if digest is not None and hashlib.sha256(blob).hexdigest() != digest:
+      error = 'checksum mismatch'
+    else:
+      try:
+        weights = deserialize_weights(blob)
+      except Exception as e:  # np.load raises BadZipFile, ValueError, OSError...
+        error = f'{type(e).__name__}: {e}'
+    if error:
+      raise ClientStateError(
+          f'{self.path}: the personal weights of client {client_id!r} (round {round_num}) '
+          f'are corrupt ({error}). Restore the store from a backup, or start a new run '
+          'with another --experiment_name. Nothing was changed.')
+    return weights
 
   def read(self, client_ids: Sequence[str], before_round: int) -> list[ModelWeights]:
     """Latest v_i written before `before_round` (v_0 for unseen clients).
 
     Rows superseded at a commit are pruned, so `before_round` must be past the
     committed round (as in training and final evaluation).
+
+    Raises:
+      ClientStateError: a row is corrupt (checksum or format); names the client.
     """
-    return [deserialize_weights(value) if value is not None else self._initial
-            for value in self._latest('weights', client_ids, before_round)]
+    rows = self._latest('round, weights, sha256', client_ids, before_round)
+    return [self._weights(cid, row) if row is not None else self._initial
+            for cid, row in zip(client_ids, rows)]
 
   def write(self, round_num: int, client_ids: Sequence[str],
             weights: Sequence[ModelWeights]) -> None:
@@ -159,13 +199,19 @@ class ClientStateStore:
       self._conn.executemany(
           'INSERT OR REPLACE INTO personal VALUES (?1, ?2, ?3, 1 + COALESCE('
           '(SELECT participations FROM personal WHERE client_id = ?1 AND round < ?2 '
-          'ORDER BY round DESC LIMIT 1), 0))',
-          [(cid, round_num, serialize_weights(w)) for cid, w in zip(client_ids, weights)])
+          'ORDER BY round DESC LIMIT 1), 0), ?4)',
+          [(cid, round_num, blob, hashlib.sha256(blob).hexdigest())
+           for cid, blob in ((c, serialize_weights(w)) for c, w in zip(client_ids, weights))])
 
-  def commit(self, round_num: int) -> None:
-    """Marks `round_num` complete and prunes rows it supersedes."""
+  def commit(self, round_num: int, checkpoint_sha256: Optional[str] = None) -> None:
+    """Marks `round_num` complete (with its server checkpoint's hash, checked
+    on resume) and prunes rows it supersedes."""
     with self._transaction():
       self._set_meta('committed_round', round_num)
+      if checkpoint_sha256 is None:
+        self._conn.execute("DELETE FROM meta WHERE key = 'checkpoint_sha256'")
+      else:
+        self._set_meta('checkpoint_sha256', checkpoint_sha256)
       self._conn.execute(
           'DELETE FROM personal WHERE round < (SELECT MAX(p.round) FROM personal p '
           'WHERE p.client_id = personal.client_id AND p.round <= ?)', (round_num,))
@@ -182,7 +228,8 @@ class ClientStateStore:
 
     As `read`, `before_round` must be past the committed round.
     """
-    return [value or 0 for value in self._latest('participations', client_ids, before_round)]
+    return [row[0] if row else 0
+            for row in self._latest('participations', client_ids, before_round)]
 
   def client_ids(self) -> list[str]:
     """Clients with stored personal weights (i.e. that trained at least once)."""

@@ -11,15 +11,24 @@ FedAlt/FedSim (`PersonalizedProcess`) alike through a small adapter,
   model.npz             the final global model (named weights; `--init_from`)
 
 Commit protocol (all or nothing per round): personal writes of round r, then the
-server checkpoint of round r, then `ClientStateStore.commit(r)`. On start, the
-committed round decides where to resume; checkpoints and personal rows newer
-than it are leftovers of an interrupted round and are dropped. Client sampling
-and data shuffles are functions of (seed, round), so a resumed run repeats the
-numbers of an uninterrupted one.
+server checkpoint of round r, then `ClientStateStore.commit(r)`, which records
+the checkpoint's content hash with the round. On start, the committed round
+decides where to resume; checkpoints and personal rows newer than it are
+leftovers of an interrupted round and are dropped. Client sampling and data
+shuffles are functions of (seed, round), so a resumed run repeats the numbers
+of an uninterrupted one.
+
+Guarantees (see docs/design.md, "Run directories"): one writer per run
+directory (`run_lock`); nothing is deleted before the saved state checks out
+(the committed checkpoint exists and has the recorded hash; a run with
+checkpoints has a commit record); a round whose new shared or personal weights
+are not finite is refused before it is committed.
 """
 
 import asyncio
 import dataclasses
+import glob
+import hashlib
 import os
 import shutil
 import time
@@ -31,6 +40,7 @@ import tensorflow_federated as tff
 import tqdm
 
 from partial_personalization import client_state
+from partial_personalization import run_lock
 from partial_personalization import runtime
 
 ModelWeights = tff.learning.models.ModelWeights
@@ -38,7 +48,32 @@ _CHECKPOINT_PREFIX = 'program_state_'
 
 
 class CheckpointError(RuntimeError):
-  """A checkpoint needed to resume is missing or unreadable."""
+  """The saved state cannot be resumed: a checkpoint is missing, unreadable or
+  not the committed one, or the commit record is missing."""
+
+
+class NonFiniteError(RuntimeError):
+  """A round produced NaN or infinite weights; it was not committed."""
+
+
+def _non_finite(weights) -> bool:
+  arrays = list(weights.trainable) + list(weights.non_trainable)
+  return not all(np.all(np.isfinite(a)) for a in arrays
+                 if np.issubdtype(np.asarray(a).dtype, np.floating))
+
+
+def checkpoint_hash(path: str) -> str:
+  """sha256 over a checkpoint directory's relative file names and contents."""
+  digest = hashlib.sha256()
+  for root, dirs, files in os.walk(path):
+    dirs.sort()
+    for name in sorted(files):
+      full = os.path.join(root, name)
+      digest.update(os.path.relpath(full, path).encode() + b'\0')
+      with open(full, 'rb') as f:
+        for chunk in iter(lambda: f.read(1 << 20), b''):
+          digest.update(chunk)
+  return digest.hexdigest()
 
 
 def sample_clients(client_ids: Sequence[str], num_clients: int, seed: int,
@@ -138,9 +173,19 @@ class PersonalizedRunner(RoundRunner):
       new_personal = [output['personal_weights'] for output in outputs]
     else:
       state, new_personal, metrics = self.process.next(state, personal, datasets)
+    self.write_personal(round_num, client_ids, new_personal)
+    return state, metrics
+
+  def write_personal(self, round_num, client_ids, new_personal) -> None:
+    """Stores the round's new v_i (not when stateless), refusing non-finite ones."""
+    bad = [cid for cid, weights in zip(client_ids, new_personal) if _non_finite(weights)]
+    if bad:
+      raise NonFiniteError(
+          f'round {round_num}: clients {bad} trained non-finite personal weights (NaN or '
+          'inf); the round was not committed. Lower the learning rates or clip the steps '
+          '(--clip_norm), then resume.')
     if not self.stateless:
       self.store.write(round_num, client_ids, new_personal)
-    return state, metrics
 
   def global_weights(self, state):
     return self.process.get_model_weights(state)
@@ -209,17 +254,58 @@ def run_training(
     `TrainingResult` with the final state.
 
   Raises:
-    CheckpointError: the committed round's checkpoint is missing or corrupt
-      (the message names the directory); no saved state is modified then.
+    CheckpointError: the committed round's checkpoint is missing, corrupt or
+      not the one committed (content hash), checkpoints exist without a commit
+      record, or `total_rounds` is below the committed round; the message
+      names the file, and no saved state is modified then.
+    NonFiniteError: a round produced non-finite weights (not committed).
+    run_lock.LockedError: another process is writing `run_dir`.
   """
+  with run_lock.exclusive(run_dir):
+    return _run_training(
+        runner, run_dir=run_dir, store=store, client_ids=client_ids,
+        make_dataset=make_dataset, total_rounds=total_rounds,
+        clients_per_round=clients_per_round, seed=seed,
+        rounds_per_checkpoint=rounds_per_checkpoint, rounds_per_eval=rounds_per_eval,
+        eval_fn=eval_fn, progress=progress, stop_after_rounds=stop_after_rounds)
+
+
+def _verify_saved_state(state_manager, checkpoint_dir: str, store, total_rounds: int,
+                        versions: list[int]) -> None:
+  """Refuses to resume (or start over) from saved state that does not agree."""
+  committed = store.committed_round
+  if committed == 0 and versions:
+    raise CheckpointError(
+        f'{checkpoint_dir} holds checkpoints of rounds {sorted(versions)} but {store.path} '
+        'has no committed round: the personal-state store (the commit record) was '
+        'deleted or replaced. Restore it, or start a new run with another '
+        '--experiment_name. Nothing was deleted.')
+  if committed > total_rounds:
+    raise CheckpointError(
+        f'{store.path}: round {committed} is committed, past total_rounds={total_rounds}. '
+        f'Resume with --total_rounds >= {committed}, or start a new run with another '
+        '--experiment_name. Nothing was changed.')
+  expected = store.checkpoint_hash(committed) if committed else None
+  if expected:
+    path = _checkpoint_path(checkpoint_dir, committed)
+    actual = checkpoint_hash(path) if os.path.isdir(path) else None
+    if actual != expected:
+      raise CheckpointError(
+          f'cannot resume: {path} is not the checkpoint committed for round {committed} '
+          f'in {store.path} (content hash {actual and actual[:12]} != {expected[:12]}): '
+          'it was modified, replaced or copied from another round or run. Restore it, '
+          'or start a new run with another --experiment_name. Nothing was deleted.')
+
+
+def _run_training(runner, *, run_dir, store, client_ids, make_dataset, total_rounds,
+                  clients_per_round, seed, rounds_per_checkpoint, rounds_per_eval, eval_fn,
+                  progress, stop_after_rounds) -> TrainingResult:
   checkpoint_dir = os.path.join(run_dir, 'checkpoints')
   state_manager = tff.program.FileProgramStateManager(
       checkpoint_dir, prefix=_CHECKPOINT_PREFIX, keep_total=3, keep_first=False)
-  releases = [
-      tff.program.CSVFileReleaseManager(os.path.join(run_dir, 'metrics.csv'), key_fieldname='round'),
-      tff.program.TensorBoardReleaseManager(os.path.join(run_dir, 'tensorboard')),
-  ]
   state = runner.initialize()
+  versions = asyncio.run(state_manager.get_versions()) or []
+  _verify_saved_state(state_manager, checkpoint_dir, store, total_rounds, versions)
   committed = store.committed_round
   if committed > 0:
     path = _checkpoint_path(checkpoint_dir, committed)
@@ -232,13 +318,21 @@ def run_training(
           'Restore that directory, or start a new run with another '
           '--experiment_name. Nothing was deleted.') from e
     logging.info('Resuming after round %d from %s', committed, path)
-  # Leftovers of an interrupted round: checkpoints and personal rows past the commit.
-  for version in asyncio.run(state_manager.get_versions()) or []:
+  # Leftovers of an interrupted round: checkpoints and personal rows past the
+  # commit, and the state manager's temporary folders of an interrupted save.
+  for version in versions:
     if version > committed:
       shutil.rmtree(_checkpoint_path(checkpoint_dir, version))
+  for temp in glob.glob(os.path.join(checkpoint_dir, f'{_CHECKPOINT_PREFIX}*_temp*')):
+    shutil.rmtree(temp, ignore_errors=True)
   dropped = store.rollback()
   if dropped:
     logging.info('Dropped %d personal-state rows of an interrupted round', dropped)
+  # Created once the saved state checks out: each writes a file when built.
+  releases = [
+      tff.program.CSVFileReleaseManager(os.path.join(run_dir, 'metrics.csv'), key_fieldname='round'),
+      tff.program.TensorBoardReleaseManager(os.path.join(run_dir, 'tensorboard')),
+  ]
 
   start = time.time()
   last = total_rounds if stop_after_rounds is None else min(total_rounds, committed + stop_after_rounds)
@@ -249,6 +343,11 @@ def run_training(
       ids = sample_clients(client_ids, clients_per_round, seed, round_num)
       datasets = [make_dataset(cid, dataset_seed(seed, round_num, i)) for i, cid in enumerate(ids)]
       state, metrics = runner.run_round(state, round_num, ids, datasets)
+      if _non_finite(runner.global_weights(state)):
+        raise NonFiniteError(
+            f'round {round_num}: the shared weights are not finite (NaN or inf) after the '
+            f'update of clients {ids}; the round was not committed. Lower the learning '
+            'rates or clip the steps (--clip_norm), then resume.')
       flat = {f'train/{k}': v for k, v in flatten_metrics(metrics).items()}
       if eval_fn is not None and rounds_per_eval and (
           round_num % rounds_per_eval == 0 or round_num == total_rounds):
@@ -257,7 +356,7 @@ def run_training(
         asyncio.run(release.release(flat, key=round_num))
       if round_num % rounds_per_checkpoint == 0 or round_num == last:
         asyncio.run(state_manager.save(state, round_num))
-        store.commit(round_num)
+        store.commit(round_num, checkpoint_hash(_checkpoint_path(checkpoint_dir, round_num)))
       bar.set_postfix({k.split('/')[-1]: f'{v:.4g}' for k, v in flat.items()
                        if k.endswith(('loss', 'accuracy'))})
       bar.update(1)

@@ -12,6 +12,7 @@ from absl import flags
 from absl import logging
 
 from partial_personalization import client_state
+from partial_personalization import run_lock
 from partial_personalization import runtime
 from partial_personalization import training_loop
 from runners import paths
@@ -168,7 +169,8 @@ def config_from_flags(**overrides) -> train_lib.TrainConfig:
 # Errors of the user's making (flags, missing files, unusable saved state): one
 # clear line instead of a traceback. Anything else is a bug and keeps its trace.
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, ConnectionError,
-               training_loop.CheckpointError, client_state.ClientStateError)
+               training_loop.CheckpointError, training_loop.NonFiniteError,
+               client_state.ClientStateError, run_lock.LockedError)
 
 
 def exit_on_user_error(fn, *args, **kwargs):

@@ -11,8 +11,10 @@ so notebooks can import and call it.
 """
 
 import dataclasses
+import hashlib
 import inspect
 import json
+import math
 import os
 from typing import Optional
 
@@ -31,6 +33,7 @@ from partial_personalization import optimizers
 from partial_personalization import partition as partition_lib
 from partial_personalization import personalized_process
 from partial_personalization import robust_aggregators
+from partial_personalization import run_lock
 from partial_personalization import task as task_lib
 from partial_personalization import training_loop
 from tasks.emnist import task as emnist_task
@@ -182,9 +185,24 @@ class TrainConfig:
     for name in ('finetune_epochs', 'report_clients'):
       if getattr(self, name) < 0:
         raise ValueError(f'--{name} must be >= 0')
-    for name in ('clients_per_round', 'client_batch_size', 'rounds_per_checkpoint'):
+    for name in ('clients_per_round', 'client_batch_size', 'rounds_per_checkpoint',
+                 'max_examples_per_client', 'tau_u', 'inner_steps', 'eval_clients'):
       if getattr(self, name) < 1:
-        raise ValueError(f'--{name} must be >= 1')
+        raise ValueError(f'--{name} must be >= 1, got {getattr(self, name)}')
+    for name in ('client_learning_rate', 'personal_learning_rate', 'server_learning_rate',
+                 'finetune_learning_rate'):
+      value = getattr(self, name)
+      if value is not None and not (math.isfinite(value) and value > 0):
+        raise ValueError(f'--{name} must be a finite number > 0, got {value}')
+    for name in ('personal_l2', 'prox_strength', 'tau_v', 'rounds_per_eval'):
+      if not getattr(self, name) >= 0:  # Also refuses NaN.
+        raise ValueError(f'--{name} must be >= 0, got {getattr(self, name)}')
+    if not 0 <= self.seed < 2**32:
+      raise ValueError(f'--seed must be in [0, 2**32), got {self.seed}')
+    if not 0 <= self.dropout < 1:
+      raise ValueError(f'--dropout must be in [0, 1), got {self.dropout}')
+    if not 0 <= self.heldout_fraction < 1:
+      raise ValueError(f'--heldout_fraction must be in [0, 1), got {self.heldout_fraction}')
     if self.total_rounds < 0:
       raise ValueError('--total_rounds must be >= 0 (0: evaluate the start model only)')
 
@@ -220,23 +238,55 @@ def create_task(config: TrainConfig,
       max_elements_per_client=config.max_examples_per_client, **options)
 
 
-def _check_or_write_flags(config: TrainConfig) -> None:
-  path = os.path.join(config.run_dir, 'flags.json')
-  current = dataclasses.asdict(config)
-  if os.path.exists(path):
+def _read_flags(path: str) -> dict:
+  try:
     with open(path) as f:
       saved = json.load(f)
-    defaults = {f.name: f.default for f in dataclasses.fields(config)}
-    # A field newer than the saved run matches if it holds its default.
-    diff = {k: (saved.get(k), v) for k, v in current.items()
-            if k not in _RESUMABLE and saved.get(k, defaults[k]) != v}
-    if diff:
+  except (OSError, ValueError) as e:
+    raise ValueError(
+        f'{path} is unreadable ({e}): the run\'s saved settings are damaged. Restore it '
+        '(it is the flags the run was started with), or start a new run with another '
+        '--experiment_name. Nothing was changed.') from e
+  if not isinstance(saved, dict):
+    raise ValueError(f'{path} does not hold a run\'s settings; restore it or use another '
+                     '--experiment_name.')
+  return saved
+
+
+def _check_flags(config: TrainConfig) -> None:
+  """The run directory's saved settings (flags.json) must match `config` where
+  they are traced; a directory with saved state must have them."""
+  path = os.path.join(config.run_dir, 'flags.json')
+  if not os.path.exists(path):
+    state = [name for name in ('client_state.sqlite', 'checkpoints', 'model.npz')
+             if os.path.exists(os.path.join(config.run_dir, name))]
+    if state:
       raise ValueError(
-          f'{config.run_dir} holds a run with other settings {diff} (saved, given). '
-          'Resume with the same flags or choose another --experiment_name.')
-  os.makedirs(config.run_dir, exist_ok=True)
-  with open(path, 'w') as f:
-    json.dump(current, f, indent=2, sort_keys=True)
+          f'{config.run_dir} holds a run ({", ".join(state)}) but no flags.json: its '
+          'settings are unknown, so resuming could mix models. Restore flags.json, or '
+          'start a new run with another --experiment_name. Nothing was changed.')
+    return
+  saved = _read_flags(path)
+  current = dataclasses.asdict(config)
+  defaults = {f.name: f.default for f in dataclasses.fields(config)}
+  # A field newer than the saved run matches if it holds its default.
+  diff = {k: (saved.get(k), v) for k, v in current.items()
+          if k not in _RESUMABLE and saved.get(k, defaults[k]) != v}
+  if diff:
+    raise ValueError(
+        f'{config.run_dir} holds a run with other settings {diff} (saved, given). '
+        'Resume with the same flags or choose another --experiment_name.')
+
+
+def _write_flags(config: TrainConfig) -> None:
+  """flags.json, atomically (a crash leaves the old file or the new one)."""
+  path = os.path.join(config.run_dir, 'flags.json')
+  temp = f'{path}.tmp{os.getpid()}'
+  with open(temp, 'w') as f:
+    json.dump(dataclasses.asdict(config), f, indent=2, sort_keys=True)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(temp, path)
 
 
 def load_init_weights(init_from: str) -> dict:
@@ -291,9 +341,16 @@ def initial_named_weights(task, config) -> dict:
             f'--init_from: {name} has shape {value.shape}, the model needs '
             f'{named[name].shape}; use the same model settings as that run.')
     fresh = sorted(set(named) - set(loaded))
+    shared = [k for k in loaded if k in named]
+    if not shared:
+      raise ValueError(
+          f'--init_from={config.init_from} shares no variable with this model (its names: '
+          f'{sorted(loaded)[:3]}...); it is a run of another --task or model. Point it at '
+          'a run of the same task and model settings.')
     if fresh:
-      logging.info('Variables not in --init_from, freshly initialized: %s', fresh)
-    named.update({k: v for k, v in loaded.items() if k in named})
+      logging.warning('--init_from: %d of %d variables not in %s, freshly initialized: %s',
+                      len(fresh), len(named), config.init_from, fresh)
+    named.update({k: loaded[k] for k in shared})
   return named
 
 
@@ -530,15 +587,33 @@ def train(config: TrainConfig) -> dict:
       saved state (nothing is deleted).
   """
   task = create_task(config)
-  _check_or_write_flags(config)
-  named_init = initial_named_weights(task, config)
-  shared_init, initial_personal = task.partition.split(named_init)
-  if is_full_personalization(config):
-    initial_personal = shared_init  # v_0 is the whole start model.
-  store = client_state.ClientStateStore(
-      os.path.join(config.run_dir, 'client_state.sqlite'), initial_personal)
   train_ids = in_group(task, config, sorted(task.train_data.client_ids))
+  if config.clients_per_round > len(train_ids):
+    raise ValueError(f'--clients_per_round={config.clients_per_round} exceeds the '
+                     f'{len(train_ids)} training clients')
+  with run_lock.exclusive(config.run_dir):
+    _check_flags(config)
+    named_init = initial_named_weights(task, config)
+    shared_init, initial_personal = task.partition.split(named_init)
+    if is_full_personalization(config):
+      initial_personal = shared_init  # v_0 is the whole start model.
+    store = client_state.ClientStateStore(
+        os.path.join(config.run_dir, 'client_state.sqlite'), initial_personal)
+    try:
+      if store.committed_round > config.total_rounds:
+        raise ValueError(
+            f'{config.run_dir}: round {store.committed_round} is committed, past '
+            f'--total_rounds={config.total_rounds}. Resume with --total_rounds >= '
+            f'{store.committed_round}, or start a new run with another --experiment_name. '
+            'Nothing was changed.')
+      _write_flags(config)
+      return _train(config, task, train_ids, named_init, store)
+    finally:
+      store.close()
 
+
+def _train(config, task, train_ids, named_init, store) -> dict:
+  """`train` once the run directory is locked and its saved state checked."""
   runner = build_runner(config, task, named_init, store, population=train_ids,
                         make_dataset=task.train_dataset)
   shared_n, personal_n = parameter_counts(config, task)
@@ -583,7 +658,6 @@ def train(config: TrainConfig) -> dict:
   if config.report and (config.algorithm != 'fedavg' or config.finetune_epochs):
     summary = write_report(config, task, evaluate, final_named, store, named_init,
                            personal_parameters=personal_n)
-  store.close()
   return {'run_dir': config.run_dir, 'summary': summary,
           'rounds_run': result.rounds_run, 'seconds': result.seconds,
           'shared_parameters': shared_n, 'personal_parameters': personal_n}
@@ -679,17 +753,22 @@ def _baseline_results(config, task, baseline_named, start_weights, splits, bar,
   Args:
     splits: split name -> (client ids, evaluation datasets).
 
-  Cached beside `--baseline_model` (`baseline_eval_<split>.csv`), since every
-  run of a grid compares with the same model on the same clients. `evaluate`
+  Cached beside `--baseline_model` (`baseline_eval_<split>_<hash>.csv`, the
+  hash of its model.npz, so a baseline trained further is evaluated anew),
+  since every run of a grid compares with the same model on the same clients.
+  Written atomically: runs evaluating the same baseline at once write the same
+  file. `evaluate`
   is the run's own evaluation computation when it takes this task's (u, v);
   otherwise one is built, at most once, for the splits not cached.
   """
   metric = task.report_metric
   cache_dir = config.baseline_model if config.baseline_model and os.path.isdir(
       config.baseline_model) else None
+  model_file = cache_dir and os.path.join(cache_dir, 'model.npz')
+  tag = _file_hash(model_file)[:16] if model_file and os.path.exists(model_file) else None
   results, u = {}, None
   for split, (ids, sets) in splits.items():
-    path = cache_dir and os.path.join(cache_dir, f'baseline_eval_{split}.csv')
+    path = tag and os.path.join(cache_dir, f'baseline_eval_{split}_{tag}.csv')
     if path and os.path.exists(path):
       cached = pd.read_csv(path, index_col=0)
       if set(ids) <= set(cached.index):
@@ -708,8 +787,18 @@ def _baseline_results(config, task, baseline_named, start_weights, splits, bar,
     results[split] = evaluation.evaluate_clients(
         evaluate, u, [v] * len(ids), sets, ids, metric, progress=bar.update)
     if path:
-      results[split].to_csv(path)
+      temp = f'{path}.tmp{os.getpid()}'
+      results[split].to_csv(temp)
+      os.replace(temp, path)
   return results
+
+
+def _file_hash(path: str) -> str:
+  digest = hashlib.sha256()
+  with open(path, 'rb') as f:
+    for chunk in iter(lambda: f.read(1 << 20), b''):
+      digest.update(chunk)
+  return digest.hexdigest()
 
 
 def write_report(config, task, evaluate, final_named, store, start_weights, *,

@@ -1,8 +1,14 @@
-"""Exact resume: an interrupted and resumed run gives the numbers of an uninterrupted one."""
+"""Run directories: exact resume (an interrupted and resumed run gives the
+numbers of an uninterrupted one), and every fault of issue 15 ends in a clear
+error that names the file, with nothing deleted."""
 
 import os
+import shutil
+import sqlite3
+import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 import tensorflow as tf
@@ -10,6 +16,7 @@ import tensorflow_federated as tff
 
 from partial_personalization import client_state
 from partial_personalization import personalized_process
+from partial_personalization import run_lock
 from partial_personalization import training_loop
 import testing_models as tm
 
@@ -25,7 +32,7 @@ def process():
       client_optimizer=tff.learning.optimizers.build_sgdm(0.05))
 
 
-def _run(process, run_dir, **kwargs):
+def _run(process, run_dir, total_rounds=ROUNDS, **kwargs):
   data = tm.client_data(CLIENTS)
   store = client_state.ClientStateStore(os.path.join(run_dir, 'client_state.sqlite'), tm.weights(0.0))
   runner = training_loop.PersonalizedRunner(process, store)
@@ -34,10 +41,37 @@ def _run(process, run_dir, **kwargs):
       # The shuffle seed matters: each round sees the client's data in a new order.
       make_dataset=lambda cid, seed: data.create_tf_dataset_for_client(cid).shuffle(8, seed=seed)
       .map(lambda e: (e['x'], e['y'])).batch(1),
-      total_rounds=ROUNDS, clients_per_round=2, seed=3, progress=False, **kwargs)
+      total_rounds=total_rounds, clients_per_round=2, seed=3, progress=False, **kwargs)
   personal = {c: tm.scalar(w) for c, w in zip(sorted(CLIENTS), store.read(sorted(CLIENTS), 99))}
   store.close()
   return result, personal
+
+
+def _snapshot(run_dir):
+  """What the run directory holds: every file's bytes, the store's rows (its
+  bytes change when SQLite merges its write-ahead log), the lock file aside."""
+  files = {}
+  for root, _, names in os.walk(run_dir):
+    for name in names:
+      path = os.path.join(root, name)
+      if name == '.lock' or name.endswith(('-wal', '-shm')):
+        continue
+      if name.endswith('.sqlite'):
+        conn = sqlite3.connect(path)
+        files[name] = list(conn.iterdump())
+        conn.close()
+      else:
+        with open(path, 'rb') as f:
+          files[os.path.relpath(path, run_dir)] = f.read()
+  return files
+
+
+@pytest.fixture
+def two_rounds(process, tmp_path):
+  """A run directory stopped after 2 committed rounds (the last one round 2)."""
+  run_dir = str(tmp_path / 'run')
+  _run(process, run_dir, stop_after_rounds=2)
+  return run_dir
 
 
 def _outputs(run_dir, result, personal):
@@ -79,6 +113,93 @@ def test_missing_committed_checkpoint_is_an_error_and_keeps_state(process, tmp_p
   with pytest.raises(training_loop.CheckpointError, match='program_state_2'):
     _run(process, run_dir)
   assert open(db, 'rb').read() == before
+
+
+
+def test_a_second_writer_is_refused_with_the_holders_pid(process, two_rounds):
+  holder = subprocess.Popen(
+      [sys.executable, '-c', 'import sys, time; from partial_personalization import run_lock\n'
+       'with run_lock.exclusive(sys.argv[1]):\n  print("held", flush=True); time.sleep(60)',
+       two_rounds], stdout=subprocess.PIPE, text=True)
+  try:
+    assert holder.stdout.readline().strip() == 'held'
+    before = _snapshot(two_rounds)
+    with pytest.raises(run_lock.LockedError, match=f'PID {holder.pid}'):
+      _run(process, two_rounds)
+    assert _snapshot(two_rounds) == before
+  finally:
+    holder.kill()  # SIGKILL: the kernel releases the lock.
+    holder.wait()
+  resumed, _ = _run(process, two_rounds)
+  assert resumed.resumed_from == 2
+
+
+def test_deleted_store_is_an_error_not_a_fresh_start(process, two_rounds):
+  os.remove(os.path.join(two_rounds, 'client_state.sqlite'))
+  checkpoints = sorted(os.listdir(os.path.join(two_rounds, 'checkpoints')))
+  with pytest.raises(training_loop.CheckpointError, match='no committed round'):
+    _run(process, two_rounds)
+  assert sorted(os.listdir(os.path.join(two_rounds, 'checkpoints'))) == checkpoints
+
+
+def test_checkpoint_of_another_round_is_refused(process, two_rounds):
+  ckpt = os.path.join(two_rounds, 'checkpoints', 'program_state_{}')
+  shutil.rmtree(ckpt.format(2))
+  shutil.copytree(ckpt.format(1), ckpt.format(2))
+  before = _snapshot(two_rounds)
+  with pytest.raises(training_loop.CheckpointError, match='program_state_2 is not the checkpoint'):
+    _run(process, two_rounds)
+  assert _snapshot(two_rounds) == before
+
+
+def test_corrupt_store_bytes_are_an_error_at_open(two_rounds):
+  db = os.path.join(two_rounds, 'client_state.sqlite')
+  with open(db, 'r+b') as f:
+    f.seek(4096)
+    f.write(np.random.default_rng(0).bytes(4096))
+  with pytest.raises(client_state.ClientStateError, match='not a readable client-state store'):
+    client_state.ClientStateStore(db, tm.weights(0.0))
+
+
+def test_corrupt_personal_weights_name_the_client(two_rounds):
+  db = os.path.join(two_rounds, 'client_state.sqlite')
+  conn = sqlite3.connect(db)
+  client, blob = conn.execute('SELECT client_id, weights FROM personal LIMIT 1').fetchone()
+  conn.execute('UPDATE personal SET weights = ? WHERE client_id = ?',
+               (blob[:40] + bytes(32) + blob[72:], client))
+  conn.commit()
+  conn.close()
+  store = client_state.ClientStateStore(db, tm.weights(0.0))
+  with pytest.raises(client_state.ClientStateError, match=f"client '{client}'"):
+    store.read([client], before_round=99)
+  store.close()
+
+
+def test_non_finite_round_is_not_committed(two_rounds):
+  bad = personalized_process.build_personalized_process(
+      tm.model_fn, loss_fn=tf.keras.losses.MeanSquaredError, algorithm='fedalt',
+      client_optimizer=tff.learning.optimizers.build_sgdm(float('nan')))
+  with pytest.raises(training_loop.NonFiniteError, match='round 3: clients'):
+    _run(bad, two_rounds)
+  store = client_state.ClientStateStore(os.path.join(two_rounds, 'client_state.sqlite'),
+                                        tm.weights(0.0))
+  assert store.committed_round == 2
+  assert all(np.isfinite(tm.scalar(w)) for w in store.read(sorted(CLIENTS), 3))
+  store.close()
+
+
+def test_total_rounds_below_the_committed_round_is_an_error(process, two_rounds):
+  before = _snapshot(two_rounds)
+  with pytest.raises(training_loop.CheckpointError, match='past total_rounds=1'):
+    _run(process, two_rounds, total_rounds=1)
+  assert _snapshot(two_rounds) == before
+
+
+def test_stale_temporary_checkpoints_are_removed(process, two_rounds):
+  temp = os.path.join(two_rounds, 'checkpoints', 'program_state_3_temp1234')
+  os.makedirs(temp)
+  _run(process, two_rounds)
+  assert not os.path.exists(temp)
 
 
 if __name__ == '__main__':

@@ -1,10 +1,13 @@
 """train_lib: which runs share a traced computation (memoized); settings checks."""
 
 import dataclasses
+import os
 import uuid
 
+import numpy as np
 import pytest
 
+from partial_personalization import partition as partition_lib
 from runners import train_lib
 
 
@@ -54,3 +57,53 @@ def test_evaluation_and_finetuning_do_not_depend_on_the_algorithm():
 def test_client_weighting_is_checked():
   with pytest.raises(ValueError, match='--client_weighting must be one of'):
     _config(client_weighting='tokens')
+
+
+@pytest.mark.parametrize('flag,value,message', [
+    ('seed', -1, '--seed must be in'),
+    ('dropout', 1.5, '--dropout must be in'),
+    ('max_examples_per_client', 0, '--max_examples_per_client must be >= 1'),
+    ('client_learning_rate', float('nan'), '--client_learning_rate must be a finite number'),
+    ('personal_learning_rate', -0.1, '--personal_learning_rate must be a finite number'),
+    ('tau_v', -1, '--tau_v must be >= 0'),
+])
+def test_bad_flags_are_named(flag, value, message):
+  with pytest.raises(ValueError, match=message):
+    _config(**{flag: value})
+
+
+def _real(cache_dir, tmp_path, **kwargs):
+  return train_lib.TrainConfig(experiment_name='run', root_output_dir=str(tmp_path),
+                               cache_dir=cache_dir, vocab_size=1000, progress=False,
+                               **{'clients_per_round': 4, **kwargs})
+
+
+def test_too_many_clients_per_round_fails_before_anything_is_written(two_sites_cache_dir,
+                                                                     tmp_path):
+  with pytest.raises(ValueError, match='--clients_per_round=500 exceeds the 8 training'):
+    train_lib.train(_real(two_sites_cache_dir, tmp_path, clients_per_round=500))
+  assert not os.path.exists(tmp_path / 'run')
+
+
+@pytest.mark.parametrize('damage,message', [
+    ('delete', 'no flags.json'), ('truncate', 'flags.json is unreadable')])
+def test_damaged_flags_json_is_an_error_that_changes_nothing(two_sites_cache_dir, tmp_path,
+                                                             damage, message):
+  run = tmp_path / 'run'
+  run.mkdir()
+  (run / 'client_state.sqlite').write_bytes(b'state')
+  if damage == 'truncate':
+    (run / 'flags.json').write_text('{"algorithm": "fed')
+  with pytest.raises(ValueError, match=message):
+    train_lib.train(_real(two_sites_cache_dir, tmp_path))
+  assert (run / 'client_state.sqlite').read_bytes() == b'state'
+  assert sorted(p.name for p in run.iterdir()) == sorted(
+      ['.lock', 'client_state.sqlite'] + (['flags.json'] if damage == 'truncate' else []))
+
+
+def test_init_from_a_run_of_another_model_is_an_error(two_sites_cache_dir, tmp_path):
+  other = str(tmp_path / 'other.npz')
+  partition_lib.save_named_weights(other, {'conv2d/kernel': np.zeros([3, 3, 1, 32], np.float32)})
+  config = _real(two_sites_cache_dir, tmp_path, init_from=other)
+  with pytest.raises(ValueError, match='shares no variable with this model'):
+    train_lib.initial_named_weights(train_lib.create_task(config), config)
