@@ -30,7 +30,7 @@ _SITE_A = (
     'Body="&lt;p&gt;Nobody owns this.&lt;/p&gt;" Title="Ghost" Tags="&lt;x&gt;" />\r\n'
     '  <row Id="5" PostTypeId="5" CreationDate="2020-01-05T00:00:00.000" Score="0" '
     'Body="&lt;p&gt;Tag wiki.&lt;/p&gt;" OwnerUserId="7" />\r\n'
-    '  <row Id="6" PostTypeId="1" CreationDate="broken row\r\n'
+    '  <row Id="6" PostTypeId="1" Body="no creation date" />\r\n'
     '  <row Id="oops" PostTypeId="1" CreationDate="2020-01-06T00:00:00.000" Body="x" />\r\n'
     '  <row Id="7" PostTypeId="1" CreationDate="2020-02-01T00:00:00.000" Score="2" '
     'Body="&lt;p&gt;Second question. Another sentence?&lt;/p&gt;" OwnerUserId="7" '
@@ -64,7 +64,7 @@ def converted(tmp_path_factory):
 def test_counts_of_kept_and_dropped_rows(converted):
   stats, _ = converted
   assert stats.sites == 2
-  assert stats.malformed_rows == 2          # the broken line and the non-integer Id
+  assert stats.malformed_rows == 2          # no CreationDate, and the non-integer Id
   assert stats.missing_owner == 1
   assert stats.other_post_types == 1
   assert stats.orphan_answers == 1
@@ -142,16 +142,44 @@ def test_tff_schema_only(converted):
   assert tables == {'examples', 'client_metadata', 'client_groups'}
 
 
-def test_malformed_file_is_a_clear_error(tmp_path):
+@pytest.mark.parametrize('content,message', [
+    (b'<users>\n<row Id="1" />\n</users>\n', 'root element is <users>'),
+    (b'<posts>\n<row Id="1" Body="\xff\xfe" />\n</posts>\n', 'not UTF-8'),
+    (_SITE_A.encode()[:len(_SITE_A) // 2], 'truncated'),
+    (b'<posts>\n<row Id="1" Body="x />\n<row Id="2" />\n</posts>\n', ':3:0: not well-formed'),
+])
+def test_malformed_file_is_a_clear_error(tmp_path, content, message):
   site = tmp_path / 'bad.stackexchange.com'
   os.makedirs(site)
-  (site / 'Posts.xml').write_text('<users>\n<row Id="1" />\n</users>\n')
-  with pytest.raises(convert_lib.MalformedDumpError, match='bad.stackexchange.com/Posts.xml'):
-    convert_lib.convert([str(tmp_path)], str(tmp_path / 'out'))
-  (site / 'Posts.xml').write_bytes(b'<posts>\n<row Id="1" Body="\xff\xfe" />\n')
-  with pytest.raises(convert_lib.MalformedDumpError, match='not UTF-8'):
+  (site / 'Posts.xml').write_bytes(content)
+  with pytest.raises(convert_lib.MalformedDumpError, match=f'bad.stackexchange.com/Posts.xml.*{message}'):
     convert_lib.convert([str(tmp_path)], str(tmp_path / 'out'))
   assert not os.path.exists(tmp_path / 'out' / convert_lib.DATABASE_FILENAME)
+
+
+def test_any_line_layout_gives_the_same_rows(tmp_path):
+  """All rows on one line (valid XML) parse as one row per line."""
+  one_line = _SITE_A.replace('\r\n', ' ')
+  counts = []
+  for name, text in (('lines', _SITE_A), ('one_line', one_line)):
+    path = tmp_path / name / 'Posts.xml'
+    os.makedirs(path.parent)
+    path.write_text(text, encoding='utf-8')
+    stats = convert_lib.ConversionStats()
+    posts = list(convert_lib.iter_posts(str(path), stats))
+    counts.append((len(posts), stats.rows, stats.malformed_rows, [p.post_id for p in posts]))
+  assert counts[0] == counts[1] and counts[0][1] == 10
+
+
+def test_duplicate_and_incomplete_site_folders_are_refused(tmp_path, converted):
+  site = tmp_path / 'a' / 'x.stackexchange.com'
+  os.makedirs(site)
+  (site / 'Posts.xml').write_text(_SITE_B)
+  with pytest.raises(ValueError, match="given more than once: \\['x.stackexchange.com'\\]"):
+    convert_lib.find_site_dirs([str(site), str(tmp_path / 'a')])
+  os.makedirs(tmp_path / 'a' / 'y.stackexchange.com')
+  with pytest.raises(FileNotFoundError, match="without a Posts.xml: \\['y.stackexchange.com'\\]"):
+    convert_lib.find_site_dirs([str(tmp_path / 'a')])
 
 
 def test_missing_input_and_existing_output(tmp_path, converted):

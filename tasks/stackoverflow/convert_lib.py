@@ -24,13 +24,19 @@ Word counts (TFF's `stackoverflow.word_count` format, `word count` per line,
 most frequent first) are computed from the train split, because TFF's own counts
 cannot be fetched offline.
 
-Parsing is a stream over lines (real dumps hold one `<row/>` per line and are
-tens of GB); examples are staged in the output SQLite file, not in memory. Only
-question titles and tags are kept in memory, for answers. Malformed rows are
-counted and reported; a file that is not a Posts.xml dump raises
-`MalformedDumpError` naming the file.
+Parsing streams each file through an XML pull parser in 1 MiB chunks, one
+`<row/>` at a time whatever the line layout (real dumps are tens of GB);
+memory is bounded by the largest row, and examples are staged in the output
+SQLite file. Only question titles and tags are kept in memory, for answers.
+Rows missing a required attribute (or with a non-integer one) are counted as
+malformed and reported; a file that is not well-formed XML, not UTF-8, not a
+Posts.xml dump or cut before `</posts>` raises `MalformedDumpError` naming the
+file and line. The database and word counts are written under temporary names
+and replace the old ones together, under the output folder's lock
+(`run_lock`).
 """
 
+import codecs
 import collections
 import dataclasses
 import html.parser
@@ -41,6 +47,8 @@ import xml.etree.ElementTree as ET
 from typing import Iterator, Optional, Sequence
 
 import tensorflow as tf
+
+from partial_personalization import run_lock
 
 DATABASE_FILENAME = 'stackoverflow.sqlite'
 WORD_COUNT_FILENAME = 'stackoverflow.word_count'
@@ -175,10 +183,10 @@ def _parse_tags(raw: str) -> str:
 
 
 def iter_posts(path: str, stats: ConversionStats) -> Iterator[Post]:
-  """Streams the questions and answers of one `Posts.xml`, line by line.
+  """Streams the questions and answers of one `Posts.xml`, row by row.
 
   Args:
-    path: Path of a `Posts.xml` file (UTF-8, optional BOM, CRLF or LF).
+    path: Path of a `Posts.xml` file (UTF-8, optional BOM, any line layout).
     stats: Updated in place with row counts and drops.
 
   Yields:
@@ -186,60 +194,80 @@ def iter_posts(path: str, stats: ConversionStats) -> Iterator[Post]:
 
   Raises:
     FileNotFoundError: `path` does not exist.
-    MalformedDumpError: the file is not UTF-8 or has no `<posts>` root before
-      its first row.
+    MalformedDumpError: the file is not UTF-8, not well-formed XML, has another
+      root than `<posts>`, or ends before `</posts>` (truncated); the message
+      names the file and line.
   """
   if not os.path.isfile(path):
     raise FileNotFoundError(
         f'{path}: no such file. Each site folder must hold the Posts.xml of a '
         'Stack Exchange data dump.'
     )
-  seen_root = False
-  with open(path, encoding='utf-8-sig', newline='') as f:
-    line_number = 0
+  decoder = codecs.getincrementaldecoder('utf-8-sig')()
+  parser = ET.XMLPullParser(events=('start', 'end'))
+  root, depth, closed, offset = None, 0, False, 0
+
+  def xml_error(e: ET.ParseError, final: bool = False) -> MalformedDumpError:
+    line, column = e.position
+    if final:  # The text parsed so far was well-formed: it stops too early.
+      return MalformedDumpError(
+          f'{path}:{line}: the file ends before </posts> ({e}): it is truncated. '
+          'Re-extract or re-download the dump.')
+    return MalformedDumpError(
+        f'{path}:{line}:{column}: not well-formed XML ({e}). Re-extract the dump; a '
+        'Stack Exchange Posts.xml is one <posts> element of <row/> elements.')
+
+  with open(path, 'rb') as f:
+    for chunk in iter(lambda: f.read(1 << 20), b''):
+      try:
+        text = decoder.decode(chunk)
+      except UnicodeDecodeError as e:
+        raise MalformedDumpError(
+            f'{path}: not UTF-8 text near byte {offset + e.start} ({e.reason}). Data '
+            'dumps are UTF-8; re-extract the file.') from e
+      offset += len(chunk)
+      try:
+        parser.feed(text)
+        events = list(parser.read_events())
+      except ET.ParseError as e:
+        raise xml_error(e) from e
+      for event, element in events:
+        if event == 'start':
+          depth += 1
+          if root is None:
+            if element.tag != 'posts':
+              raise MalformedDumpError(
+                  f'{path}: the root element is <{element.tag}>, not <posts>: this is not '
+                  'a Stack Exchange Posts.xml. Point the converter at the site folders of '
+                  'an unpacked data dump.')
+            root = element
+          continue
+        depth -= 1
+        if depth == 0:
+          closed = True
+        elif depth == 1 and element.tag == 'row':
+          stats.rows += 1
+          post = _post_from_attributes(element.attrib)
+          root.clear()  # Bounded memory: drop the rows already read.
+          if post is None:
+            stats.malformed_rows += 1
+          elif post.post_type not in (QUESTION, ANSWER):
+            stats.other_post_types += 1
+          else:
+            yield post
     try:
-      for line_number, line in enumerate(f, start=1):
-        line = line.strip()
-        if not line or line.startswith(('<?xml', '<!DOCTYPE', '</posts')):
-          continue
-        if line.startswith('<posts'):
-          seen_root = True
-          continue
-        if not seen_root:
-          raise MalformedDumpError(
-              f'{path}:{line_number}: expected the <posts> root element of a '
-              f'Stack Exchange Posts.xml, found {line[:60]!r}. Point the '
-              'converter at the site folders of an unpacked data dump.'
-          )
-        stats.rows += 1
-        post = _parse_row(line)
-        if post is None:
-          stats.malformed_rows += 1
-        elif post.post_type not in (QUESTION, ANSWER):
-          stats.other_post_types += 1
-        else:
-          yield post
-    except UnicodeDecodeError as e:
-      raise MalformedDumpError(
-          f'{path}: not UTF-8 text after line {line_number} ({e.reason}). Data '
-          'dumps are UTF-8; re-extract the file.'
-      ) from e
-  if not seen_root:
+      parser.close()
+    except ET.ParseError as e:
+      raise xml_error(e, final=True) from e
+  if root is None or not closed:
     raise MalformedDumpError(
-        f'{path}: no <posts> root element; this is not a Stack Exchange '
-        'Posts.xml.'
-    )
+        f'{path}: no complete <posts> element; this is not a (whole) Stack Exchange '
+        'Posts.xml.')
 
 
-def _parse_row(line: str) -> Optional[Post]:
-  """Parses one `<row .../>` line; returns None for a malformed row."""
-  try:
-    row = ET.fromstring(line)
-  except ET.ParseError:
-    return None
-  if row.tag != 'row':
-    return None
-  a = row.attrib
+def _post_from_attributes(a) -> Optional[Post]:
+  """A `<row>`'s attributes as a `Post`; None when a required one is missing
+  or not an integer."""
   try:
     post_id = int(a['Id'])
     parent = a.get('ParentId')
@@ -282,8 +310,10 @@ def find_site_dirs(dump_dirs: Sequence[str]) -> list[tuple[str, str]]:
   site folders (as `../shared/data/stackexchange/`).
 
   Raises:
-    FileNotFoundError: an argument does not exist or holds no Posts.xml.
-    ValueError: a site name contains characters unsafe in a client id.
+    FileNotFoundError: an argument does not exist or holds no Posts.xml, or a
+      folder of sites has a subfolder without one.
+    ValueError: a site name contains characters unsafe in a client id, or the
+      same site name is given twice.
   """
   sites = []
   for d in dump_dirs:
@@ -292,16 +322,24 @@ def find_site_dirs(dump_dirs: Sequence[str]) -> list[tuple[str, str]]:
     if os.path.isfile(os.path.join(d, 'Posts.xml')):
       sites.append((os.path.basename(os.path.normpath(d)), os.path.join(d, 'Posts.xml')))
       continue
-    found = sorted(
-        (name, os.path.join(d, name, 'Posts.xml'))
-        for name in os.listdir(d)
-        if os.path.isfile(os.path.join(d, name, 'Posts.xml'))
-    )
+    folders = sorted(name for name in os.listdir(d) if os.path.isdir(os.path.join(d, name)))
+    found = [(name, os.path.join(d, name, 'Posts.xml')) for name in folders
+             if os.path.isfile(os.path.join(d, name, 'Posts.xml'))]
     if not found:
       raise FileNotFoundError(
           f'{d}: holds neither Posts.xml nor site folders with a Posts.xml.'
       )
+    missing = sorted(set(folders) - {name for name, _ in found})
+    if missing:
+      raise FileNotFoundError(
+          f'{d}: site folders without a Posts.xml: {missing}. Extract their dumps, or '
+          'pass the other site folders one by one.')
     sites.extend(found)
+  names = collections.Counter(name for name, _ in sites)
+  twice = sorted(name for name, n in names.items() if n > 1)
+  if twice:
+    raise ValueError(f'sites given more than once: {twice} (client ids would collide); '
+                     'pass each site folder once.')
   for name, _ in sites:
     # TFF's SqlClientData splices client ids into SQL text.
     if not re.fullmatch(r'[A-Za-z0-9._-]+', name):
@@ -333,29 +371,37 @@ def convert(
   Raises:
     FileExistsError: the database exists and `overwrite` is False.
     FileNotFoundError, MalformedDumpError, ValueError: see `iter_posts` and
-      `find_site_dirs`.
+      `find_site_dirs`; nothing in `output_dir` is replaced then.
+    run_lock.LockedError: another process is converting into `output_dir`.
   """
   db_path = os.path.join(output_dir, DATABASE_FILENAME)
   if os.path.exists(db_path) and not overwrite:
     raise FileExistsError(f'{db_path} exists; pass overwrite=True (--overwrite) to rebuild it.')
   sites = find_site_dirs(dump_dirs)
-  os.makedirs(output_dir, exist_ok=True)
-  tmp_path = db_path + '.partial'
-  if os.path.exists(tmp_path):
-    os.remove(tmp_path)
-  stats = ConversionStats(sites=len(sites), coverage_vocab_size=coverage_vocab_size)
-  conn = sqlite3.connect(tmp_path)
-  try:
-    _stage_examples(conn, sites, stats)
-    _assign_splits(conn, min_examples, stats)
-    words = _write_word_counts(conn, output_dir, stats)
-    _compute_coverage(conn, set(words[:coverage_vocab_size]), stats)
-    _finalize_schema(conn)
-    conn.commit()
-    conn.execute('VACUUM')
-  finally:
-    conn.close()
-  os.replace(tmp_path, db_path)  # Readers never see a half-written database.
+  with run_lock.exclusive(output_dir, what='data folder'):
+    tmp_path = db_path + '.partial'
+    if os.path.exists(tmp_path):
+      os.remove(tmp_path)
+    stats = ConversionStats(sites=len(sites), coverage_vocab_size=coverage_vocab_size)
+    conn = sqlite3.connect(tmp_path)
+    try:
+      _stage_examples(conn, sites, stats)
+      _assign_splits(conn, min_examples, stats)
+      words = _write_word_counts(conn, output_dir, stats)
+      _compute_coverage(conn, set(words[:coverage_vocab_size]), stats)
+      _finalize_schema(conn)
+      conn.commit()
+      conn.execute('VACUUM')
+    finally:
+      conn.close()
+    # The database marks a finished conversion, so it goes first and comes
+    # back last: a crash in between leaves no database (converted again), never
+    # a database beside another conversion's word counts.
+    if os.path.exists(db_path):
+      os.remove(db_path)
+    word_counts = os.path.join(output_dir, WORD_COUNT_FILENAME)
+    os.replace(word_counts + '.partial', word_counts)
+    os.replace(tmp_path, db_path)
   return stats
 
 
@@ -468,10 +514,9 @@ def _write_word_counts(conn, output_dir, stats) -> list[str]:
   # Ties broken alphabetically so the vocabulary is deterministic.
   ordered = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
   path = os.path.join(output_dir, WORD_COUNT_FILENAME)
-  with open(path + '.partial', 'w', encoding='utf-8') as f:
+  with open(path + '.partial', 'w', encoding='utf-8') as f:  # Renamed by `convert`.
     for word, count in ordered:
       f.write(f'{word} {count}\n')
-  os.replace(path + '.partial', path)
   return [word for word, _ in ordered]
 
 
