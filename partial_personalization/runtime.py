@@ -163,6 +163,21 @@ def _start_local_worker(context, concurrent_calls: int) -> None:
   with _environment(worker_config.worker_environment(concurrent_calls)), _sigint_default():
     for manager in _service_managers(context):
       manager.get_stub()
+      worker = manager._process  # pylint: disable=protected-access
+      if isinstance(worker, subprocess.Popen):
+        _watch_parent(worker.pid)
+
+
+def _watch_parent(worker_pid: int) -> None:
+  """Kills the worker within about a second of this process's death, even by
+  SIGKILL (e.g. the OOM killer), when no Python code runs to stop it. A shell
+  polls both processes (no `preexec_fn`: forking a multithreaded process to
+  run Python can crash) and ends by itself when the worker is stopped."""
+  script = (f'while kill -0 {os.getpid()} 2>/dev/null && kill -0 {worker_pid} 2>/dev/null; '
+            f'do sleep 1; done; kill -0 {os.getpid()} 2>/dev/null || '
+            f'kill -KILL {worker_pid} 2>/dev/null')
+  subprocess.Popen(['/bin/sh', '-c', script], stdin=subprocess.DEVNULL,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def _stopped(*args, **kwargs):

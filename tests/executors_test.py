@@ -293,7 +293,8 @@ def _workers_with_marker(marker: str) -> list[int]:
 @pytest.mark.parametrize('action,how', [
     ('sys.stdin.readline(); raise ValueError("boom")', 'error'),
     ('while True: spin()', 'sigint'),
-    ('while True: spin()', 'sigterm')])
+    ('while True: spin()', 'sigterm'),
+    ('while True: spin()', 'sigkill')])  # As the OOM killer: only the Python process.
 def test_local_worker_stops_on_error_and_signals(action, how):
   marker = f'PP_TEST_{uuid.uuid4().hex}'
   env = {**os.environ, marker: '1'}
@@ -307,7 +308,8 @@ def test_local_worker_stops_on_error_and_signals(action, how):
       proc.stdin.write('go\n')
       proc.stdin.flush()
     else:
-      proc.send_signal(signal.SIGINT if how == 'sigint' else signal.SIGTERM)
+      proc.send_signal({'sigint': signal.SIGINT, 'sigterm': signal.SIGTERM,
+                        'sigkill': signal.SIGKILL}[how])
     proc.wait(timeout=60)
   finally:
     if proc.poll() is None:
