@@ -26,16 +26,19 @@ are not finite is refused before it is committed.
 """
 
 import asyncio
+import contextlib
 import dataclasses
 import glob
 import hashlib
 import os
 import shutil
+import sqlite3
 import time
 from typing import Any, Callable, Optional, Sequence
 
 from absl import logging
 import numpy as np
+import tensorflow as tf
 import tensorflow_federated as tff
 import tqdm
 
@@ -54,6 +57,24 @@ class CheckpointError(RuntimeError):
 
 class NonFiniteError(RuntimeError):
   """A round produced NaN or infinite weights; it was not committed."""
+
+
+class StorageError(RuntimeError):
+  """A write to the run directory failed (disk full, read-only, permission)."""
+
+
+@contextlib.contextmanager
+def _writing(path: str, committed: Callable[[], int]):
+  """Turns a failed write to `path` into a `StorageError` naming it; the run
+  resumes after the last committed round once the cause is fixed."""
+  try:
+    yield
+  except (OSError, sqlite3.OperationalError, tf.errors.ResourceExhaustedError,
+          tf.errors.PermissionDeniedError, tf.errors.FailedPreconditionError) as e:
+    raise StorageError(
+        f'cannot write {path}: {getattr(e, "message", None) or e}. Free disk space or fix '
+        f'the permissions, then run the same command again: it resumes after round '
+        f'{committed()}, the last one committed.') from e
 
 
 def _non_finite(weights) -> bool:
@@ -185,7 +206,8 @@ class PersonalizedRunner(RoundRunner):
           'inf); the round was not committed. Lower the learning rates or clip the steps '
           '(--clip_norm), then resume.')
     if not self.stateless:
-      self.store.write(round_num, client_ids, new_personal)
+      with _writing(self.store.path, lambda: self.store.committed_round):
+        self.store.write(round_num, client_ids, new_personal)
 
   def global_weights(self, state):
     return self.process.get_model_weights(state)
@@ -352,11 +374,14 @@ def _run_training(runner, *, run_dir, store, client_ids, make_dataset, total_rou
       if eval_fn is not None and rounds_per_eval and (
           round_num % rounds_per_eval == 0 or round_num == total_rounds):
         flat.update({f'eval/{k}': v for k, v in eval_fn(state, round_num).items()})
-      for release in releases:
-        asyncio.run(release.release(flat, key=round_num))
+      with _writing(run_dir, lambda: store.committed_round):
+        for release in releases:
+          asyncio.run(release.release(flat, key=round_num))
       if round_num % rounds_per_checkpoint == 0 or round_num == last:
-        asyncio.run(state_manager.save(state, round_num))
-        store.commit(round_num, checkpoint_hash(_checkpoint_path(checkpoint_dir, round_num)))
+        with _writing(checkpoint_dir, lambda: store.committed_round):
+          asyncio.run(state_manager.save(state, round_num))
+        with _writing(store.path, lambda: store.committed_round):
+          store.commit(round_num, checkpoint_hash(_checkpoint_path(checkpoint_dir, round_num)))
       bar.set_postfix({k.split('/')[-1]: f'{v:.4g}' for k, v in flat.items()
                        if k.endswith(('loss', 'accuracy'))})
       bar.update(1)

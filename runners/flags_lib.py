@@ -170,6 +170,7 @@ def config_from_flags(**overrides) -> train_lib.TrainConfig:
 # clear line instead of a traceback. Anything else is a bug and keeps its trace.
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, ConnectionError,
                training_loop.CheckpointError, training_loop.NonFiniteError,
+               training_loop.StorageError,
                client_state.ClientStateError, run_lock.LockedError)
 
 

@@ -202,5 +202,18 @@ def test_stale_temporary_checkpoints_are_removed(process, two_rounds):
   assert not os.path.exists(temp)
 
 
+
+def test_disk_full_is_one_clear_error_and_the_run_resumes(process, two_rounds, monkeypatch):
+  def full(*args, **kwargs):
+    raise OSError(28, 'No space left on device')
+  monkeypatch.setattr(tff.program.FileProgramStateManager, 'save', full)
+  with pytest.raises(training_loop.StorageError,
+                     match='cannot write .*checkpoints: .*No space left.*after round 2'):
+    _run(process, two_rounds)
+  monkeypatch.undo()
+  resumed, _ = _run(process, two_rounds)
+  assert resumed.resumed_from == 2 and resumed.rounds_run == ROUNDS - 2
+
+
 if __name__ == '__main__':
   sys.exit(pytest.main([__file__, '-q']))
