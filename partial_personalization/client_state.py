@@ -150,6 +150,22 @@ class ClientStateStore:
       return None
     return row[0]
 
+  def bind(self, key: str, value: str, what: str) -> None:
+    """Records `value` under `key` the first time; later it must be equal.
+
+    Raises:
+      ClientStateError: the store was made with another `what` (names both).
+    """
+    row = self._conn.execute('SELECT value FROM meta WHERE key = ?', (key,)).fetchone()
+    if row is None:
+      with self._transaction():
+        self._set_meta(key, value)
+    elif row[0] != value:
+      raise ClientStateError(
+          f'{self.path}: this run was trained on another {what} ({row[0][:12]}, now '
+          f'{value[:12]}). Resuming would mix the two: restore the {what} the run started '
+          'with, or start a new run with another --experiment_name. Nothing was changed.')
+
   def _latest(self, columns: str, client_ids: Sequence[str], before_round: int) -> list:
     """`columns` of each client's latest row before `before_round` (None if it
     has none), read in one transaction: one snapshot for the whole round."""

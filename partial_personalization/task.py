@@ -65,6 +65,8 @@ class PersonalizationTask:
       -> the same batches as `eval_preprocess_fn`.
     evaluation_loss_fn: Optional loss for evaluation only, where no gradient
       is taken (the same values as `loss_fn`, cheaper); default `loss_fn`.
+    data_files: The files the data is read from; a run records their hash and
+      refuses to resume on other data (empty: not checked).
   """
 
   name: str
@@ -84,6 +86,7 @@ class PersonalizationTask:
   train_dataset_fn: Optional[Callable[[str, int], tf.data.Dataset]] = None
   eval_dataset_fn: Optional[Callable[[str, str], tf.data.Dataset]] = None
   evaluation_loss_fn: Optional[Callable[[], tf.keras.losses.Loss]] = None
+  data_files: tuple[str, ...] = ()
 
   def __post_init__(self):
     if self.evaluation_loss_fn is None:

@@ -29,7 +29,6 @@ import asyncio
 import contextlib
 import dataclasses
 import glob
-import hashlib
 import os
 import shutil
 import sqlite3
@@ -43,6 +42,7 @@ import tensorflow_federated as tff
 import tqdm
 
 from partial_personalization import client_state
+from partial_personalization import integrity
 from partial_personalization import run_lock
 from partial_personalization import runtime
 
@@ -75,26 +75,6 @@ def _writing(path: str, committed: Callable[[], int]):
         f'cannot write {path}: {getattr(e, "message", None) or e}. Free disk space or fix '
         f'the permissions, then run the same command again: it resumes after round '
         f'{committed()}, the last one committed.') from e
-
-
-def _non_finite(weights) -> bool:
-  arrays = list(weights.trainable) + list(weights.non_trainable)
-  return not all(np.all(np.isfinite(a)) for a in arrays
-                 if np.issubdtype(np.asarray(a).dtype, np.floating))
-
-
-def checkpoint_hash(path: str) -> str:
-  """sha256 over a checkpoint directory's relative file names and contents."""
-  digest = hashlib.sha256()
-  for root, dirs, files in os.walk(path):
-    dirs.sort()
-    for name in sorted(files):
-      full = os.path.join(root, name)
-      digest.update(os.path.relpath(full, path).encode() + b'\0')
-      with open(full, 'rb') as f:
-        for chunk in iter(lambda: f.read(1 << 20), b''):
-          digest.update(chunk)
-  return digest.hexdigest()
 
 
 def sample_clients(client_ids: Sequence[str], num_clients: int, seed: int,
@@ -199,7 +179,7 @@ class PersonalizedRunner(RoundRunner):
 
   def write_personal(self, round_num, client_ids, new_personal) -> None:
     """Stores the round's new v_i (not when stateless), refusing non-finite ones."""
-    bad = [cid for cid, weights in zip(client_ids, new_personal) if _non_finite(weights)]
+    bad = [cid for cid, weights in zip(client_ids, new_personal) if not integrity.all_finite(weights)]
     if bad:
       raise NonFiniteError(
           f'round {round_num}: clients {bad} trained non-finite personal weights (NaN or '
@@ -310,7 +290,7 @@ def _verify_saved_state(state_manager, checkpoint_dir: str, store, total_rounds:
   expected = store.checkpoint_hash(committed) if committed else None
   if expected:
     path = _checkpoint_path(checkpoint_dir, committed)
-    actual = checkpoint_hash(path) if os.path.isdir(path) else None
+    actual = integrity.tree_sha256(path) if os.path.isdir(path) else None
     if actual != expected:
       raise CheckpointError(
           f'cannot resume: {path} is not the checkpoint committed for round {committed} '
@@ -365,7 +345,7 @@ def _run_training(runner, *, run_dir, store, client_ids, make_dataset, total_rou
       ids = sample_clients(client_ids, clients_per_round, seed, round_num)
       datasets = [make_dataset(cid, dataset_seed(seed, round_num, i)) for i, cid in enumerate(ids)]
       state, metrics = runner.run_round(state, round_num, ids, datasets)
-      if _non_finite(runner.global_weights(state)):
+      if not integrity.all_finite(runner.global_weights(state)):
         raise NonFiniteError(
             f'round {round_num}: the shared weights are not finite (NaN or inf) after the '
             f'update of clients {ids}; the round was not committed. Lower the learning '
@@ -381,7 +361,7 @@ def _run_training(runner, *, run_dir, store, client_ids, make_dataset, total_rou
         with _writing(checkpoint_dir, lambda: store.committed_round):
           asyncio.run(state_manager.save(state, round_num))
         with _writing(store.path, lambda: store.committed_round):
-          store.commit(round_num, checkpoint_hash(_checkpoint_path(checkpoint_dir, round_num)))
+          store.commit(round_num, integrity.tree_sha256(_checkpoint_path(checkpoint_dir, round_num)))
       bar.set_postfix({k.split('/')[-1]: f'{v:.4g}' for k, v in flat.items()
                        if k.endswith(('loss', 'accuracy'))})
       bar.update(1)

@@ -11,7 +11,6 @@ so notebooks can import and call it.
 """
 
 import dataclasses
-import hashlib
 import inspect
 import json
 import math
@@ -29,6 +28,7 @@ from partial_personalization import byzantine
 from partial_personalization import client_state
 from partial_personalization import evaluation
 from partial_personalization import groups as groups_lib
+from partial_personalization import integrity
 from partial_personalization import optimizers
 from partial_personalization import partition as partition_lib
 from partial_personalization import personalized_process
@@ -600,6 +600,10 @@ def train(config: TrainConfig) -> dict:
     store = client_state.ClientStateStore(
         os.path.join(config.run_dir, 'client_state.sqlite'), initial_personal)
     try:
+      if task.data_files:
+        store.bind('data_sha256', integrity.files_sha256(task.data_files),
+                   f'data (the files {[os.path.basename(f) for f in task.data_files]} in '
+                   f'{config.cache_dir})')
       if store.committed_round > config.total_rounds:
         raise ValueError(
             f'{config.run_dir}: round {store.committed_round} is committed, past '
@@ -765,7 +769,7 @@ def _baseline_results(config, task, baseline_named, start_weights, splits, bar,
   cache_dir = config.baseline_model if config.baseline_model and os.path.isdir(
       config.baseline_model) else None
   model_file = cache_dir and os.path.join(cache_dir, 'model.npz')
-  tag = _file_hash(model_file)[:16] if model_file and os.path.exists(model_file) else None
+  tag = integrity.file_sha256(model_file)[:16] if model_file and os.path.exists(model_file) else None
   results, u = {}, None
   for split, (ids, sets) in splits.items():
     path = tag and os.path.join(cache_dir, f'baseline_eval_{split}_{tag}.csv')
@@ -791,14 +795,6 @@ def _baseline_results(config, task, baseline_named, start_weights, splits, bar,
       results[split].to_csv(temp)
       os.replace(temp, path)
   return results
-
-
-def _file_hash(path: str) -> str:
-  digest = hashlib.sha256()
-  with open(path, 'rb') as f:
-    for chunk in iter(lambda: f.read(1 << 20), b''):
-      digest.update(chunk)
-  return digest.hexdigest()
 
 
 def write_report(config, task, evaluate, final_named, store, start_weights, *,

@@ -7,8 +7,11 @@ import uuid
 import numpy as np
 import pytest
 
+from partial_personalization import client_state
+from partial_personalization import integrity
 from partial_personalization import partition as partition_lib
 from runners import train_lib
+import testing_models as tm
 
 
 def _config(**kwargs):
@@ -107,3 +110,18 @@ def test_init_from_a_run_of_another_model_is_an_error(two_sites_cache_dir, tmp_p
   config = _real(two_sites_cache_dir, tmp_path, init_from=other)
   with pytest.raises(ValueError, match='shares no variable with this model'):
     train_lib.initial_named_weights(train_lib.create_task(config), config)
+
+
+def test_a_run_refuses_to_resume_on_other_data(two_sites_cache_dir, tmp_path):
+  """The run's store records the data's hash; a cache converted again differs."""
+  config = _real(two_sites_cache_dir, tmp_path)
+  task = train_lib.create_task(config)
+  store = client_state.ClientStateStore(str(tmp_path / 's.sqlite'), tm.weights(0.0))
+  digest = integrity.files_sha256(task.data_files)
+  store.bind('data_sha256', digest, 'data')
+  store.bind('data_sha256', digest, 'data')  # The same data resumes.
+  with pytest.raises(client_state.ClientStateError, match='trained on another data'):
+    store.bind('data_sha256', integrity.files_sha256(task.data_files[:1]), 'data')
+  store.close()
+  assert [os.path.basename(f) for f in task.data_files] == [
+      'stackoverflow.sqlite', 'stackoverflow.word_count']

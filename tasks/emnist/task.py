@@ -90,4 +90,5 @@ def create_task(
       keras_model_fn=lambda: model_lib.create_model(model, **options),
       partition_name=personalization, partition_fn=partition_fn,
       batch_size=batch_size, max_elements_per_client=max_elements_per_client,
-      shuffle_buffer_size=shuffle_buffer_size, eval_batch_size=eval_batch_size)
+      shuffle_buffer_size=shuffle_buffer_size, eval_batch_size=eval_batch_size,
+      data_files=(database,))

@@ -175,4 +175,6 @@ def create_task(
       client_groups_fn=lambda: convert_lib.load_client_groups(cache_dir),
       train_dataset_fn=train_dataset_fn,
       eval_dataset_fn=eval_dataset_fn,
+      data_files=tuple(os.path.join(cache_dir, name) for name in (
+          convert_lib.DATABASE_FILENAME, convert_lib.WORD_COUNT_FILENAME)),
   )

@@ -33,6 +33,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from partial_personalization import integrity
 from tasks.stackoverflow import convert_lib
 
 CACHE_FILENAME = 'stackoverflow.tokens.npz'
@@ -75,20 +76,12 @@ class TokenizedSplit:
     return len(self.client_tokens(client_id))
 
 
-def _file_digest(path: str) -> str:
-  digest = hashlib.sha256()
-  with open(path, 'rb') as f:
-    for block in iter(lambda: f.read(1 << 20), b''):
-      digest.update(block)
-  return digest.hexdigest()
-
-
 def cache_key(cache_dir: str, vocab: list[str], sequence_length: int) -> str:
   """What the cached ids depend on: the data, the vocabulary, the preprocessing."""
   parts = [
       f'format={_FORMAT}', f'tff={tff.__version__}', f'sequence_length={sequence_length}',
       'oov_buckets=1',
-      'database=' + _file_digest(os.path.join(cache_dir, convert_lib.DATABASE_FILENAME)),
+      'database=' + integrity.file_sha256(os.path.join(cache_dir, convert_lib.DATABASE_FILENAME)),
       'vocab=' + hashlib.sha256('\n'.join(vocab).encode()).hexdigest(),
   ]
   return ';'.join(parts)

@@ -30,6 +30,7 @@ def create_classification_task(
     max_elements_per_client: int,
     shuffle_buffer_size: int,
     eval_batch_size: int,
+    data_files: tuple[str, ...] = (),
 ) -> task_lib.PersonalizationTask:
   """Builds the `PersonalizationTask` of an image classification task.
 
@@ -39,6 +40,7 @@ def create_classification_task(
     eval_map_fn: raw element -> (image, label).
     image_shape: (H, W, C) of mapped images.
     from_logits: False for models ending in softmax (TFF's MobileNetV2).
+    data_files: See `PersonalizationTask.data_files`.
   """
 
   def train_preprocess_fn(dataset, seed):
@@ -65,4 +67,5 @@ def create_classification_task(
       input_spec=spec,
       partition_name=partition_name,
       partition_fn=partition_fn,
+      data_files=data_files,
   )
