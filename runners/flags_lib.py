@@ -166,9 +166,10 @@ def config_from_flags(**overrides) -> train_lib.TrainConfig:
   return train_lib.TrainConfig(**values)
 
 
-# Errors of the user's making (flags, missing files, unusable saved state): one
-# clear line instead of a traceback. Anything else is a bug and keeps its trace.
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, ConnectionError,
+# Errors of the user's making (flags, missing files, unusable saved state, a
+# full or read-only disk: OSError names the path): one clear line instead of a
+# traceback. Anything else is a bug and keeps its trace.
+USER_ERRORS = (ValueError, OSError,
                training_loop.CheckpointError, training_loop.NonFiniteError,
                training_loop.StorageError,
                client_state.ClientStateError, run_lock.LockedError)
