@@ -147,7 +147,7 @@ def test_tff_schema_only(converted):
     (b'<posts>\n<row Id="1" Body="\xff\xfe" />\n</posts>\n', 'not UTF-8'),
     (_SITE_A.encode()[:len(_SITE_A) // 2], 'truncated'),
     (b'<posts>\n<row Id="1" Body="x />\n<row Id="2" />\n</posts>\n', ':3:0: not well-formed'),
-])
+], ids=['other_root', 'not_utf8', 'truncated', 'unclosed_attribute'])
 def test_malformed_file_is_a_clear_error(tmp_path, content, message):
   site = tmp_path / 'bad.stackexchange.com'
   os.makedirs(site)
