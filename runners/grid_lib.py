@@ -108,7 +108,7 @@ def paper_cells(*, task: str = 'stackoverflow', partitions: Optional[Sequence[st
 
 def ffgg_cells(*, task: str = 'stackoverflow', ffgg_server_learning_rate: float = 0.3,
                byzantine_fraction: float = 0.2, attack_scales: Sequence[float] = (1.0, 5.0),
-               bucket_size: int = 2, **unused) -> list[Cell]:
+               bucket_size: int = 2, ffgg_finetune_steps: int = 20, **unused) -> list[Cell]:
   """The FFGG study (Mishchenko et al., TMLR 2025) on the task's default partition.
 
   FedAlt (1 epoch on v, 1 on u) against FFGG (1 full-batch step on v, then
@@ -117,6 +117,12 @@ def ffgg_cells(*, task: str = 'stackoverflow', ffgg_server_learning_rate: float 
   flipped and multiplied by each of `attack_scales`, mean aggregation against
   coordinate-wise median with bucketing, for FFGG and FedAlt. Cell names carry
   the scale when it is not 1 (`ffgg_flip5_median`).
+
+  FFGG in its own regime (Mishchenko et al.'s experiments): `ffgg_finetune_steps`
+  = K full-batch steps on v and the clients' gradients averaged uniformly
+  (`ffgg_tau<K>_uniform`), against FedAlt at the same gradient evaluations:
+  K epochs on v and 1 on u, K + 1 passes over the client's data each
+  (`fedalt_tau<K>`).
   """
   del unused
   if task not in PARTITIONS:
@@ -125,8 +131,14 @@ def ffgg_cells(*, task: str = 'stackoverflow', ffgg_server_learning_rate: float 
   ffgg = dict(algorithm='ffgg', tau_v=1, server_learning_rate=ffgg_server_learning_rate)
   fedalt = dict(algorithm='fedalt', tau_v=1, tau_u=1)
   robust = dict(aggregator='median', bucket_size=bucket_size)
+  k = ffgg_finetune_steps
   cells = [Cell('fedalt', 'no attack', 'FedAlt', part, True, fedalt),
-           Cell('ffgg', 'no attack', 'FFGG', part, True, ffgg)]
+           Cell('ffgg', 'no attack', 'FFGG', part, True, ffgg),
+           Cell(f'fedalt_tau{k}', f'{k + 1} passes', f'FedAlt, tau_v = {k} epochs', part, True,
+                dict(fedalt, tau_v=k)),
+           Cell(f'ffgg_tau{k}_uniform', f'{k + 1} passes',
+                f'FFGG, {k} fine-tuning steps, uniform weights', part, True,
+                dict(ffgg, tau_v=k, client_weighting='uniform'))]
   for scale in attack_scales:
     attack = dict(byzantine_fraction=byzantine_fraction, attack='flip', attack_scale=scale)
     tag = 'flip' if scale == 1 else f'flip{scale:g}'

@@ -45,3 +45,14 @@ def test_cells_missing_from_a_seed_are_left_out():
   runs, diffs, markdown = grid_lib.over_seeds(tables)
   assert 'fedsim_last_block_stateful' not in runs.index
   assert 'FedAlt beats FedSim' not in markdown
+
+
+def test_ffgg_regime_cells_use_equal_gradient_evaluations():
+  cells = {c.name: c for c in grid_lib.ffgg_cells(ffgg_finetune_steps=7)}
+  ffgg, fedalt = cells['ffgg_tau7_uniform'].overrides, cells['fedalt_tau7'].overrides
+  # Passes over the client's data: FFGG's K fine-tuning steps and one gradient
+  # of u; FedAlt's tau_v epochs on v and tau_u on u.
+  assert ffgg['tau_v'] + 1 == fedalt['tau_v'] + fedalt['tau_u'] == 8
+  assert ffgg['client_weighting'] == 'uniform' and 'client_weighting' not in fedalt
+  for cell in (cells['ffgg_tau7_uniform'], cells['fedalt_tau7']):  # Valid runs.
+    grid_lib.cell_config(cell, dict(root_output_dir='out', cache_dir='unused'), rounds=3)
