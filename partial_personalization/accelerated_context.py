@@ -37,16 +37,19 @@ from typing import Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
-from tensorflow_federated.python.common_libs import structure
-from tensorflow_federated.python.core.environments.tensorflow_backend import tensorflow_tree_transformations
-from tensorflow_federated.python.core.impl.compiler import building_blocks
-from tensorflow_federated.python.core.impl.compiler import transformations
-from tensorflow_federated.python.core.impl.computation import computation_impl
-from tensorflow_federated.python.core.impl.context_stack import context_base
-from tensorflow_federated.python.core.impl.types import computation_types
-from tensorflow_federated.python.core.impl.types import placements
-from tensorflow_federated.python.core.impl.types import type_conversions
-from tensorflow_federated.python.core.impl.utils import tensorflow_utils
+
+from partial_personalization.tff_compat import (
+    structure,
+    tensorflow_tree_transformations,
+    building_blocks,
+    transformations,
+    computation_impl,
+    context_base,
+    computation_types,
+    placements,
+    type_conversions,
+    tensorflow_utils,
+)
 
 _DATASET_DEVICE = '/device:CPU:0'
 _function_index = itertools.count()

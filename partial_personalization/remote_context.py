@@ -25,20 +25,23 @@ import asyncio
 from typing import Sequence
 
 import grpc
-from tensorflow_federated.python.common_libs import structure
-from tensorflow_federated.python.core.backends.native import compiler
-from tensorflow_federated.python.core.backends.native import mergeable_comp_compiler
-from tensorflow_federated.python.core.environments.tensorflow_frontend import tensorflow_computation
-from tensorflow_federated.python.core.impl.computation import computation_base
-from tensorflow_federated.python.core.impl.execution_contexts import async_execution_context
-from tensorflow_federated.python.core.impl.execution_contexts import mergeable_comp_execution_context as mcec
-from tensorflow_federated.python.core.impl.executor_stacks import python_executor_stacks
-from tensorflow_federated.python.core.impl.executors import remote_executor
-from tensorflow_federated.python.core.impl.executors import remote_executor_grpc_stub
-from tensorflow_federated.python.core.impl.types import computation_types
-from tensorflow_federated.python.core.impl.types import placements
-from tensorflow_federated.python.core.impl.types import type_analysis
-from tensorflow_federated.python.core.impl.types import type_conversions
+
+from partial_personalization.tff_compat import (
+    structure,
+    compiler,
+    mergeable_comp_compiler,
+    tensorflow_computation,
+    computation_base,
+    async_execution_context,
+    mergeable_comp_execution_context as mcec,
+    python_executor_stacks,
+    remote_executor,
+    remote_executor_grpc_stub,
+    computation_types,
+    placements,
+    type_analysis,
+    type_conversions,
+)
 
 # As TFF's local runtime: model weights travel in single messages.
 _GRPC_OPTIONS = [('grpc.max_message_length', 2 * 1000 * 1000 * 1000),

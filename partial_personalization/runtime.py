@@ -26,12 +26,11 @@ import threading
 from typing import Optional
 
 import tensorflow_federated as tff
-# No public class raises on use; this is the context TFF itself installs when
-# no runtime is available.
-from tensorflow_federated.python.core.impl.context_stack import context_stack_impl
-from tensorflow_federated.python.core.impl.context_stack import runtime_error_context
 
 from partial_personalization import worker_config
+# runtime_error_context: no public class raises on use; it is the context TFF
+# itself installs when no runtime is available.
+from partial_personalization.tff_compat import context_stack_impl, runtime_error_context
 
 EXECUTORS = ('local', 'remote', 'accelerated')
 

@@ -234,7 +234,7 @@ def _plain_tf_rounds(task, config, settings: Settings, case: Case) -> list[float
 
 def _worker_pids() -> list[int]:
   from partial_personalization import runtime  # pylint: disable=g-import-not-at-top
-  from tensorflow_federated.python.core.impl.context_stack import context_stack_impl  # pylint: disable=g-import-not-at-top
+  from partial_personalization.tff_compat import context_stack_impl
   return [m._process.pid for m in runtime._service_managers(context_stack_impl.context_stack.current)  # pylint: disable=protected-access
           if m._process is not None]  # pylint: disable=protected-access
 

@@ -338,7 +338,7 @@ _DROP_CONTEXT = '''
 import gc, signal, sys
 sys.path.insert(0, {repo!r})
 import tensorflow_federated as tff
-from tensorflow_federated.python.core.impl.context_stack import runtime_error_context
+from partial_personalization.tff_compat import runtime_error_context
 from partial_personalization import runtime
 
 assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN  # As a background job's.
