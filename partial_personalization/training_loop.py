@@ -44,7 +44,6 @@ import tqdm
 from partial_personalization import client_state
 from partial_personalization import integrity
 from partial_personalization import run_lock
-from partial_personalization import runtime
 
 ModelWeights = tff.learning.models.ModelWeights
 _CHECKPOINT_PREFIX = 'program_state_'
@@ -139,6 +138,9 @@ class PersonalizedRunner(RoundRunner):
 
   With `attack`, the sampled clients of `byzantine_ids` send the attack's
   update instead of theirs (`byzantine.ByzantineAttack`).
+
+  `split_rounds` runs each round as `client_step` then `server_step` (the
+  remote executor, so client work is not run twice: `runtime.splits_rounds()`).
   """
 
   process: Any  # personalized_process.PersonalizedProcess
@@ -147,6 +149,7 @@ class PersonalizedRunner(RoundRunner):
   stateless: bool = False
   attack: Optional[Any] = None  # byzantine.ByzantineAttack
   byzantine_ids: frozenset = frozenset()
+  split_rounds: bool = False
 
   def initialize(self):
     state = self.process.initialize()
@@ -165,7 +168,7 @@ class PersonalizedRunner(RoundRunner):
     personal = self.read_personal(client_ids, round_num)
     attackers = [i for i, c in enumerate(client_ids) if c in self.byzantine_ids]
     # Split rounds: the remote executor (no client work twice) and attacks.
-    if runtime.splits_rounds() or (self.attack and attackers):
+    if self.split_rounds or (self.attack and attackers):
       outputs = self.process.client_step(state, personal, datasets)
       for i in attackers:
         outputs[i] = {**outputs[i], 'shared_update': self.attack.corrupt(

@@ -34,6 +34,7 @@ from partial_personalization import partition as partition_lib
 from partial_personalization import personalized_process
 from partial_personalization import robust_aggregators
 from partial_personalization import run_lock
+from partial_personalization import runtime
 from partial_personalization import task as task_lib
 from partial_personalization import training_loop
 from tasks.emnist import task as emnist_task
@@ -379,7 +380,8 @@ def build_runner(config, task, named_init, store, *, population=None,
   attack = _attack(config)
   return training_loop.PersonalizedRunner(
       process, store, initial_shared=shared, stateless=config.stateless, attack=attack,
-      byzantine_ids=frozenset(attack.byzantine_clients(population)) if attack else frozenset())
+      byzantine_ids=frozenset(attack.byzantine_clients(population)) if attack else frozenset(),
+      split_rounds=runtime.splits_rounds())
 
 
 

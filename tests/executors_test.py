@@ -130,7 +130,8 @@ def run_rounds(process, executor: runtime.ExecutorConfig, tmp_path):
     if isinstance(process, personalized_process.PersonalizedProcess):
       store = client_state.ClientStateStore(
           str(tmp_path / f'{executor.executor}.sqlite'), initial_v)
-      runner = training_loop.PersonalizedRunner(process, store)
+      runner = training_loop.PersonalizedRunner(process, store,
+                                                split_rounds=runtime.splits_rounds())
     else:
       store, runner = None, training_loop.FedAvgRunner(process)
     ids = [f'c{i}' for i in range(NUM_CLIENTS)]
