@@ -9,6 +9,7 @@ See tasks/stackoverflow/convert_lib.py for the construction and the split.
 from absl import app
 from absl import flags
 
+from runners import flags_lib
 from runners import paths
 from tasks.stackoverflow import convert_lib
 
@@ -22,18 +23,13 @@ _MIN_EXAMPLES = flags.DEFINE_integer(
 _OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Replace an existing database.')
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  try:
-    stats = convert_lib.convert(
-        [paths.resolve_path(d) for d in _DUMP_DIRS.value],
-        paths.resolve_path(_OUTPUT_DIR.value),
-        min_examples=_MIN_EXAMPLES.value, overwrite=_OVERWRITE.value)
-  except (ValueError, FileNotFoundError, FileExistsError) as e:  # incl. MalformedDumpError
-    raise app.UsageError(str(e)) from e
+def _run():
+  stats = convert_lib.convert(
+      [paths.resolve_path(d) for d in _DUMP_DIRS.value], paths.resolve_path(_OUTPUT_DIR.value),
+      min_examples=_MIN_EXAMPLES.value, overwrite=_OVERWRITE.value)
   print(stats.summary())
 
 
 if __name__ == '__main__':
-  app.run(main)
+  # Bad dumps, an existing output, a folder in use: `error: <message>`, exit 2.
+  app.run(flags_lib.job_main(_run))
