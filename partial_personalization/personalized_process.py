@@ -303,6 +303,100 @@ def build_personalized_process(
       shared_type=shared_type, personal_type=personal_type)
 
 
+# One builder per algorithm, each taking only its own hyperparameters
+# (keyword-only: one that does not apply is a TypeError, not ignored), over
+# `build_personalized_process`; arguments as there.
+def build_fedalt_process(model_fn, *, loss_fn, metrics_fn=None, client_optimizer,
+                         personal_optimizer=None, server_optimizer=None, tau_u: int = 1,
+                         tau_v: int = 1, local_unit: str = 'epochs', personal_l2: float = 0.0,
+                         model_aggregator=None,
+                         client_weighting=tff.learning.ClientWeighting.NUM_EXAMPLES,
+                         evaluation_loss_fn=None) -> PersonalizedProcess:
+  """FedAlt (Pillutla et al., ICML 2022, Algorithm 1, alternating): `tau_v`
+  passes on v_i with u fixed, then `tau_u` passes on u with the new v_i."""
+  return build_personalized_process(
+      model_fn, loss_fn=loss_fn, metrics_fn=metrics_fn, algorithm='fedalt',
+      client_optimizer=client_optimizer, personal_optimizer=personal_optimizer,
+      server_optimizer=server_optimizer, tau_u=tau_u, tau_v=tau_v, local_unit=local_unit,
+      personal_l2=personal_l2, model_aggregator=model_aggregator,
+      client_weighting=client_weighting, evaluation_loss_fn=evaluation_loss_fn)
+
+
+def build_fedsim_process(model_fn, *, loss_fn, metrics_fn=None, client_optimizer,
+                         personal_optimizer=None, server_optimizer=None, tau: int = 1,
+                         local_unit: str = 'epochs', personal_l2: float = 0.0,
+                         model_aggregator=None,
+                         client_weighting=tff.learning.ClientWeighting.NUM_EXAMPLES,
+                         evaluation_loss_fn=None) -> PersonalizedProcess:
+  """FedSim (Pillutla et al., Algorithm 1, simultaneous): `tau` passes in which
+  u and v_i step together on one gradient per batch."""
+  return build_personalized_process(
+      model_fn, loss_fn=loss_fn, metrics_fn=metrics_fn, algorithm='fedsim',
+      client_optimizer=client_optimizer, personal_optimizer=personal_optimizer,
+      server_optimizer=server_optimizer, tau_u=tau, local_unit=local_unit,
+      personal_l2=personal_l2, model_aggregator=model_aggregator,
+      client_weighting=client_weighting, evaluation_loss_fn=evaluation_loss_fn)
+
+
+def build_ffgg_process(model_fn, *, loss_fn, metrics_fn=None, client_optimizer,
+                       personal_optimizer=None, server_optimizer, finetune_steps: int = 1,
+                       local_steps: int = 1, model_aggregator=None,
+                       client_weighting=tff.learning.ClientWeighting.UNIFORM,
+                       evaluation_loss_fn=None) -> PersonalizedProcess:
+  """FFGG (Mishchenko et al., TMLR 2025, Algorithms 1, 2, 4): `finetune_steps`
+  full-batch steps on v_i, then the gradient of u (`local_steps` > 1: Local
+  FFGG); the server steps with `server_optimizer` (SGD at gamma). Clients are
+  averaged uniformly by default, as the paper's (1/n) sum."""
+  return build_personalized_process(
+      model_fn, loss_fn=loss_fn, metrics_fn=metrics_fn, algorithm='ffgg',
+      client_optimizer=client_optimizer, personal_optimizer=personal_optimizer,
+      server_optimizer=server_optimizer, tau_v=finetune_steps, local_steps=local_steps,
+      model_aggregator=model_aggregator, client_weighting=client_weighting,
+      evaluation_loss_fn=evaluation_loss_fn)
+
+
+def build_ditto_process(model_fn, *, loss_fn, metrics_fn=None, client_optimizer,
+                        personal_optimizer=None, server_optimizer=None,
+                        prox_strength: float = 0.1, tau_u: int = 1, tau_v: int = 1,
+                        local_unit: str = 'epochs', model_aggregator=None,
+                        client_weighting=tff.learning.ClientWeighting.NUM_EXAMPLES,
+                        evaluation_loss_fn=None) -> PersonalizedProcess:
+  """Ditto (Li et al., ICML 2021): FedAvg on the global model and, per client,
+  a whole personal model pulled toward it with `prox_strength`; `model_fn`
+  has no personal variables (the `none` partition)."""
+  return build_personalized_process(
+      model_fn, loss_fn=loss_fn, metrics_fn=metrics_fn, algorithm='ditto',
+      client_optimizer=client_optimizer, personal_optimizer=personal_optimizer,
+      server_optimizer=server_optimizer, tau_u=tau_u, tau_v=tau_v, local_unit=local_unit,
+      prox_strength=prox_strength, model_aggregator=model_aggregator,
+      client_weighting=client_weighting, evaluation_loss_fn=evaluation_loss_fn)
+
+
+def build_pfedme_process(model_fn, *, loss_fn, metrics_fn=None, client_optimizer,
+                         personal_optimizer=None, server_optimizer=None,
+                         prox_strength: float = 1.0, inner_steps: int = 5, tau_u: int = 1,
+                         local_unit: str = 'epochs', model_aggregator=None,
+                         client_weighting=tff.learning.ClientWeighting.NUM_EXAMPLES,
+                         evaluation_loss_fn=None) -> PersonalizedProcess:
+  """pFedMe (T. Dinh et al., NeurIPS 2020): per batch, `inner_steps` steps of
+  the Moreau-envelope problem with `prox_strength`, then the local global model
+  moves toward it; `model_fn` has no personal variables."""
+  return build_personalized_process(
+      model_fn, loss_fn=loss_fn, metrics_fn=metrics_fn, algorithm='pfedme',
+      client_optimizer=client_optimizer, personal_optimizer=personal_optimizer,
+      server_optimizer=server_optimizer, tau_u=tau_u, local_unit=local_unit,
+      prox_strength=prox_strength, inner_steps=inner_steps,
+      model_aggregator=model_aggregator, client_weighting=client_weighting,
+      evaluation_loss_fn=evaluation_loss_fn)
+
+
+# Algorithm name -> its builder: the one list of algorithms.
+BUILDERS = {'fedalt': build_fedalt_process, 'fedsim': build_fedsim_process,
+            'ffgg': build_ffgg_process, 'ditto': build_ditto_process,
+            'pfedme': build_pfedme_process}
+assert tuple(BUILDERS) == ALGORITHMS
+
+
 def build_personalized_evaluation(
     model_fn: Callable[[], tff.learning.models.ReconstructionModel],
     *,

@@ -187,7 +187,7 @@ class TrainConfig:
       if getattr(self, name) < 0:
         raise ValueError(f'--{name} must be >= 0')
     for name in ('clients_per_round', 'client_batch_size', 'rounds_per_checkpoint',
-                 'max_examples_per_client', 'tau_u', 'inner_steps', 'eval_clients'):
+                 'max_examples_per_client', 'inner_steps', 'eval_clients'):
       if getattr(self, name) < 1:
         raise ValueError(f'--{name} must be >= 1, got {getattr(self, name)}')
     for name in ('client_learning_rate', 'personal_learning_rate', 'server_learning_rate',
@@ -195,7 +195,7 @@ class TrainConfig:
       value = getattr(self, name)
       if value is not None and not (math.isfinite(value) and value > 0):
         raise ValueError(f'--{name} must be a finite number > 0, got {value}')
-    for name in ('personal_l2', 'prox_strength', 'tau_v', 'rounds_per_eval'):
+    for name in ('personal_l2', 'prox_strength', 'tau_u', 'tau_v', 'rounds_per_eval'):
       if not getattr(self, name) >= 0:  # Also refuses NaN.
         raise ValueError(f'--{name} must be >= 0, got {getattr(self, name)}')
     if not 0 <= self.seed < 2**32:
@@ -409,15 +409,23 @@ def _build_process(config, task):
         reconstruction_optimizer_fn=personal_optimizer(config),
         dataset_split_fn=tff.learning.models.ReconstructionModel.build_dataset_split_fn(
             recon_epochs=config.tau_v, post_recon_epochs=config.tau_u, split_dataset=False))
-  return personalized_process.build_personalized_process(
+  own = {  # Each algorithm's own hyperparameters (its builder takes no others).
+      'fedalt': dict(tau_u=config.tau_u, tau_v=config.tau_v, local_unit=config.local_unit,
+                     personal_l2=config.personal_l2),
+      'fedsim': dict(tau=config.tau_u, local_unit=config.local_unit,
+                     personal_l2=config.personal_l2),
+      'ffgg': dict(finetune_steps=config.tau_v, local_steps=config.local_steps),
+      'ditto': dict(prox_strength=config.prox_strength, tau_u=config.tau_u,
+                    tau_v=config.tau_v, local_unit=config.local_unit),
+      'pfedme': dict(prox_strength=config.prox_strength, inner_steps=config.inner_steps,
+                     tau_u=config.tau_u, local_unit=config.local_unit),
+  }[config.algorithm]
+  return personalized_process.BUILDERS[config.algorithm](
       task.reconstruction_model_fn, loss_fn=task.loss_fn, metrics_fn=task.metrics_fn,
-      algorithm=config.algorithm, client_optimizer=client_opt,
-      personal_optimizer=personal_optimizer(config), server_optimizer=server_opt,
-      tau_u=config.tau_u, tau_v=config.tau_v, local_unit=config.local_unit,
-      personal_l2=config.personal_l2, prox_strength=config.prox_strength,
-      inner_steps=config.inner_steps, local_steps=config.local_steps,
-      model_aggregator=aggregator, client_weighting=CLIENT_WEIGHTING[config.client_weighting],
-      evaluation_loss_fn=task.evaluation_loss_fn)
+      client_optimizer=client_opt, personal_optimizer=personal_optimizer(config),
+      server_optimizer=server_opt, model_aggregator=aggregator,
+      client_weighting=CLIENT_WEIGHTING[config.client_weighting],
+      evaluation_loss_fn=task.evaluation_loss_fn, **own)
 
 
 # Settings that never enter a TFF computation. Runs that differ only in them

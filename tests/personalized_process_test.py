@@ -96,6 +96,25 @@ def test_two_rounds_match_reference(algorithm, tau_u, tau_v, unit, server_lr, un
     assert metrics['client_work']['loss'] > 0
 
 
+@pytest.mark.parametrize('algorithm', ['fedalt', 'fedsim'])
+def test_builders_take_only_their_own_hyperparameters(algorithm):
+  opt = tff.learning.optimizers.build_sgdm
+  builder = personalized_process.BUILDERS[algorithm]
+  taus = dict(tau_u=2, tau_v=3) if algorithm == 'fedalt' else dict(tau=2)
+  process = builder(tm.model_fn, loss_fn=tf.keras.losses.MeanSquaredError,
+                    client_optimizer=opt(LR), personal_optimizer=opt(PERSONAL_LR), **taus)
+  state = process.set_model_weights(process.initialize(), tm.weights(0.3))
+  state, personal, _ = process.next(state, [tm.weights(0.25), tm.weights(-0.5)],
+                                    [tm.dataset(*xy) for xy in CLIENTS.values()])
+  u, vs = reference_round(0.3, [0.25, -0.5], alternating=(algorithm == 'fedalt'),
+                          tau_u=2, tau_v=3)
+  assert tm.scalar(process.get_model_weights(state)) == pytest.approx(u, rel=1e-5)
+  assert [tm.scalar(p) for p in personal] == pytest.approx(vs, rel=1e-5)
+  with pytest.raises(TypeError, match='prox_strength'):
+    builder(tm.model_fn, loss_fn=tf.keras.losses.MeanSquaredError,
+            client_optimizer=opt(LR), prox_strength=0.1)
+
+
 def _shuffled(seed):
   xs = np.array([1.0, 2.0, -1.0, 0.5, 1.5, -0.5], np.float32)
   return tf.data.Dataset.from_tensor_slices((xs[:, None], (2.0 * xs + 1.0)[:, None])).shuffle(
