@@ -5,6 +5,7 @@ import os
 import uuid
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from partial_personalization import client_state
@@ -125,3 +126,42 @@ def test_a_run_refuses_to_resume_on_other_data(two_sites_cache_dir, tmp_path):
   store.close()
   assert [os.path.basename(f) for f in task.data_files] == [
       'stackoverflow.sqlite', 'stackoverflow.word_count']
+
+
+def test_baseline_evaluation_cache_follows_the_baseline_model(two_sites_cache_dir, tmp_path,
+                                                              monkeypatch):
+  """Issue 15, case 7: a baseline trained further is evaluated anew, not read
+  from the cache of its earlier weights."""
+  baseline = tmp_path / 'baseline'
+  baseline.mkdir()
+  config = _real(two_sites_cache_dir, tmp_path, baseline_model=str(baseline))
+  task = train_lib.create_task(config)
+  named = task.initial_weights(0)
+  ids = sorted(task.test_data.client_ids)[:2]
+
+  calls = []
+
+  def fake_evaluate(evaluate, u, v, sets, client_ids, metric, progress=None):
+    calls.append(client_ids)
+    score = float(sum(np.sum(w) for w in u.trainable))  # A function of the model.
+    return pd.DataFrame({metric: score, 'loss': score, 'tokens': 1.0},
+                        index=pd.Index(client_ids, name='client_id'))
+
+  monkeypatch.setattr(train_lib.evaluation, 'evaluate_clients', fake_evaluate)
+  bar = type('Bar', (), {'update': lambda self, n: None,
+                         'set_description': lambda self, d: None})()
+
+  def baseline_score(weights):
+    partition_lib.save_named_weights(str(baseline / 'model.npz'), weights)
+    results = train_lib._baseline_results(  # pylint: disable=protected-access
+        config, task, weights, named, {'test': (ids, [None] * len(ids))}, bar,
+        evaluate=object())
+    return results['test'][task.report_metric].iloc[0]
+
+  first = baseline_score(named)
+  assert baseline_score(named) == pytest.approx(first, rel=1e-12)
+  assert len(calls) == 1  # The same model: read from the cache.
+  further = {k: v + 1.0 for k, v in named.items()}
+  assert baseline_score(further) != pytest.approx(first, rel=1e-3)
+  assert len(calls) == 2  # Trained further: evaluated anew.
+  assert len(list(baseline.glob('baseline_eval_test_*.csv'))) == 2
