@@ -106,9 +106,9 @@ def process_cpu_seconds(pid: Optional[int] = None) -> float:
 
 
 def _train_config(case: Case, settings: Settings, run_dir: str):
-  from runners import train_lib  # pylint: disable=g-import-not-at-top
+  from runners import config_lib  # pylint: disable=g-import-not-at-top
   algorithm = 'fedavg' if case.algorithm == 'fedavg' else 'fedalt'
-  return train_lib.TrainConfig(
+  return config_lib.TrainConfig(
       experiment_name=os.path.basename(run_dir), root_output_dir=os.path.dirname(run_dir),
       task='stackoverflow', cache_dir=settings.data_dir, algorithm=algorithm,
       personalization='none' if algorithm == 'fedavg' else 'last_block',
@@ -283,12 +283,12 @@ def _measure_in_child(case: Case, settings: Settings, workers: Sequence[str], wo
           tf.config.list_physical_devices('CPU')[0],
           [tf.config.LogicalDeviceConfiguration()] * settings.logical_cpus)
   from partial_personalization import runtime  # pylint: disable=g-import-not-at-top
-  from runners import train_lib  # pylint: disable=g-import-not-at-top
+  from runners import config_lib  # pylint: disable=g-import-not-at-top
   try:
     with tempfile.TemporaryDirectory() as tmp:
       run_dir = os.path.join(tmp, 'bench')
       config = _train_config(case, settings, run_dir)
-      task = train_lib.create_task(config)
+      task = config_lib.create_task(config)
       if case.executor in FLOORS:
         times, worker_kb = _plain_tf_rounds(task, config, settings, case), 0
       else:

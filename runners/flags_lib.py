@@ -16,7 +16,7 @@ from partial_personalization import run_lock
 from partial_personalization import runtime
 from partial_personalization import training_loop
 from runners import paths
-from runners import train_lib
+from runners import config_lib
 from tasks.stackoverflow import convert_lib
 
 FLAGS = flags.FLAGS
@@ -140,7 +140,7 @@ def executor_config_from_flags() -> runtime.ExecutorConfig:
 
 def define_train_flags():
   """Defines one flag per `TrainConfig` field, with its default."""
-  for field in dataclasses.fields(train_lib.TrainConfig):
+  for field in dataclasses.fields(config_lib.TrainConfig):
     default = field.default
     help_text = _HELP[field.name]
     if field.name == 'experiment_name':
@@ -158,12 +158,12 @@ def define_train_flags():
 _PATH_FIELDS = ('root_output_dir', 'cache_dir', 'init_from', 'baseline_model')
 
 
-def config_from_flags(**overrides) -> train_lib.TrainConfig:
-  values = {f.name: FLAGS[f.name].value for f in dataclasses.fields(train_lib.TrainConfig)}
+def config_from_flags(**overrides) -> config_lib.TrainConfig:
+  values = {f.name: FLAGS[f.name].value for f in dataclasses.fields(config_lib.TrainConfig)}
   values.update(overrides)
   for name in _PATH_FIELDS:
     values[name] = paths.resolve_path(values[name])
-  return train_lib.TrainConfig(**values)
+  return config_lib.TrainConfig(**values)
 
 
 # Errors of the user's making (flags, missing files, unusable saved state, a

@@ -25,6 +25,7 @@ import pandas as pd
 from partial_personalization import evaluation
 from partial_personalization import plots
 from partial_personalization import runtime
+from runners import config_lib
 from runners import train_lib
 
 PRETRAIN, BASELINE = 'fedavg_pretrain', 'fedavg'
@@ -168,7 +169,7 @@ def select(cells: Sequence[Cell], patterns: Sequence[str]) -> list[Cell]:
   return chosen
 
 
-def _summary_path(config: train_lib.TrainConfig) -> str:
+def _summary_path(config: config_lib.TrainConfig) -> str:
   return os.path.join(config.run_dir, 'report', 'summary.json')
 
 
@@ -185,21 +186,21 @@ def train_baseline(common: dict, *, pretrain_rounds: int, rounds: int, log=print
     for name, kwargs in (
         (PRETRAIN, dict(total_rounds=pretrain_rounds)),
         (BASELINE, dict(total_rounds=rounds, init_from=os.path.join(out, PRETRAIN)))):
-      config = train_lib.TrainConfig(experiment_name=name, **{
+      config = config_lib.TrainConfig(experiment_name=name, **{
           **common, 'algorithm': 'fedavg', 'personalization': 'none', **kwargs})
       log(f'== {name}: FedAvg, {config.total_rounds} rounds x {config.clients_per_round} '
           'clients (resumes; nothing to do if complete)')
       train_lib.train(config)
 
 
-def cell_config(cell: Cell, common: dict, rounds: int) -> train_lib.TrainConfig:
+def cell_config(cell: Cell, common: dict, rounds: int) -> config_lib.TrainConfig:
   out = common['root_output_dir']
-  return train_lib.TrainConfig(experiment_name=cell.name, **{
+  return config_lib.TrainConfig(experiment_name=cell.name, **{
       **common, 'total_rounds': rounds, 'init_from': os.path.join(out, PRETRAIN),
       'baseline_model': os.path.join(out, BASELINE), **cell.overrides})
 
 
-def run_cell(cell: Cell, config: train_lib.TrainConfig, log=print) -> dict:
+def run_cell(cell: Cell, config: config_lib.TrainConfig, log=print) -> dict:
   """Runs one cell unless its report exists; returns its summary."""
   path = _summary_path(config)
   if os.path.exists(path):
@@ -215,7 +216,7 @@ def run_cell(cell: Cell, config: train_lib.TrainConfig, log=print) -> dict:
   return result['summary']
 
 
-def _run_cell_child(cell: Cell, config: train_lib.TrainConfig,
+def _run_cell_child(cell: Cell, config: config_lib.TrainConfig,
                     executor: runtime.ExecutorConfig) -> None:
   try:
     runtime.set_executor(executor)
@@ -224,7 +225,7 @@ def _run_cell_child(cell: Cell, config: train_lib.TrainConfig,
     runtime.shutdown_tff_runtime()
 
 
-def run_cell_in_subprocess(cell: Cell, config: train_lib.TrainConfig,
+def run_cell_in_subprocess(cell: Cell, config: config_lib.TrainConfig,
                            executor: Optional[runtime.ExecutorConfig] = None) -> dict:
   """`run_cell` in a fresh interpreter, so memory does not grow cell by cell.
 

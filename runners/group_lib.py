@@ -34,6 +34,7 @@ from partial_personalization import evaluation
 from partial_personalization import personalized_process
 from partial_personalization import plots
 from partial_personalization import runtime
+from runners import config_lib
 from runners import train_lib
 
 VARIANTS = ('global', 'global_local', 'global_group', 'global_group_local')
@@ -87,8 +88,8 @@ def group_dir_name(group: str) -> str:
   return re.sub(r'[^A-Za-z0-9_.-]+', '_', group)
 
 
-def _config(common: dict, name: str, **kwargs) -> train_lib.TrainConfig:
-  return train_lib.TrainConfig(experiment_name=name, **{**common, **kwargs})
+def _config(common: dict, name: str, **kwargs) -> config_lib.TrainConfig:
+  return config_lib.TrainConfig(experiment_name=name, **{**common, **kwargs})
 
 
 def _restart_runtime():
@@ -125,7 +126,7 @@ def train_groups(common: dict, settings: GroupSettings, global_dir: str,
   groups below `min_group_clients`)."""
   probe = _config(common, 'global', algorithm='fedavg', personalization='none',
                   groups=settings.groups)
-  task = train_lib.create_task(probe)
+  task = config_lib.create_task(probe)
   groups = train_lib.client_groups(task, probe)
   sizes = pd.Series(groups).value_counts().sort_index()
   models = {}
@@ -152,7 +153,7 @@ def train_control(common: dict, settings: GroupSettings, global_dir: str,
   for at least the group stage's client updates; its run dir."""
   probe = _config(common, 'global', algorithm='fedavg', personalization='none',
                   groups=settings.groups)
-  task = train_lib.create_task(probe)
+  task = config_lib.create_task(probe)
   sizes = pd.Series(train_lib.client_groups(task, probe)).value_counts()
   updates = group_stage_updates(common, settings, sizes)
   per_round = common.get('clients_per_round', 10)
@@ -176,7 +177,7 @@ def _finetune_and_evaluate(common: dict, settings: GroupSettings, model_dirs: di
   part = settings.local_personalization or 'full'
   config = _config(common, 'global', algorithm='fedavg', personalization='none',
                    finetune_epochs=settings.finetune_epochs, finetune_personalization=part)
-  task = train_lib.create_task(config, personalization=part)
+  task = config_lib.create_task(config, personalization=part)
   metric = task.report_metric
   finetune = train_lib.build_finetuning(config, task, settings.finetune_epochs)
   evaluate = train_lib.build_evaluation(task)
@@ -223,7 +224,7 @@ def local_stage(common: dict, settings: GroupSettings, global_dir: str,
   its group and test tokens."""
   probe = _config(common, 'global', algorithm='fedavg', personalization='none',
                   groups=settings.groups)
-  task = train_lib.create_task(probe)
+  task = config_lib.create_task(probe)
   groups = train_lib.client_groups(task, probe)
   ids = train_lib.report_client_ids(task, probe)
   metric = task.report_metric

@@ -30,6 +30,7 @@ from partial_personalization import evaluation
 from partial_personalization import plots
 from runners import flags_lib
 from runners import paths
+from runners import config_lib
 from runners import train_lib
 
 flags_lib.define_executor_flags()
@@ -65,7 +66,7 @@ _FINETUNE_EPOCHS = flags.DEFINE_integer(
     'finetune_epochs', 1, 'Epochs of finetuning of each personal part before test.')
 
 
-def _config(name, seed, **kwargs) -> train_lib.TrainConfig:
+def _config(name, seed, **kwargs) -> config_lib.TrainConfig:
   out = paths.resolve_path(_OUTPUT_DIR.value)
   common = dict(
       root_output_dir=out, cache_dir=os.path.join(out, 'data'),
@@ -75,7 +76,7 @@ def _config(name, seed, **kwargs) -> train_lib.TrainConfig:
       total_rounds=_ROUNDS.value, max_examples_per_client=_MAX_EXAMPLES.value, seed=seed,
       rounds_per_checkpoint=5)
   common.update(kwargs)
-  return train_lib.TrainConfig(experiment_name=name, **common)
+  return config_lib.TrainConfig(experiment_name=name, **common)
 
 
 def _seed_runs(seed: int, out: str, pretrain: str) -> dict:
@@ -99,7 +100,7 @@ def _seed_runs(seed: int, out: str, pretrain: str) -> dict:
   return runs
 
 
-def _train(name: str, config: train_lib.TrainConfig) -> dict:
+def _train(name: str, config: config_lib.TrainConfig) -> dict:
   print(f'== {name}: {config.algorithm}, personalization={config.personalization}, '
         f'{config.total_rounds} rounds x {config.clients_per_round} clients, '
         f'seed {config.seed}')

@@ -64,6 +64,7 @@ def _profile_in_child(settings: ProfileSettings, queue) -> None:
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from partial_personalization import client_state, runtime, training_loop  # pylint: disable=g-import-not-at-top
   import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
+  from runners import config_lib  # pylint: disable=g-import-not-at-top
   from runners import train_lib  # pylint: disable=g-import-not-at-top
   rows = []
 
@@ -77,7 +78,7 @@ def _profile_in_child(settings: ProfileSettings, queue) -> None:
       bench = benchmark_lib.Settings(data_dir=settings.data_dir, seed=settings.seed,
                                      max_examples_per_client=16 * settings.max_batches)
       config = benchmark_lib._train_config(base, bench, os.path.join(tmp, 'run'))  # pylint: disable=protected-access
-      task = train_lib.create_task(config)
+      task = config_lib.create_task(config)
       ids = training_loop.sample_clients(sorted(task.train_data.client_ids), settings.clients,
                                          settings.seed, 1)
       seeds = [training_loop.dataset_seed(settings.seed, 1, i) for i in range(len(ids))]

@@ -13,6 +13,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from partial_personalization import partition as partition_lib
+from runners import config_lib
 from runners import train_lib
 from tasks.emnist import convert_lib
 from tasks.emnist import model as model_lib
@@ -190,11 +191,11 @@ def test_train_fedavg_then_fedalt_adapter_on_real_writers(cache_dir, tmp_path):
   common = dict(root_output_dir=str(tmp_path), task='emnist', cache_dir=cache_dir,
                 width_multiplier=0.25, client_learning_rate=0.1, clients_per_round=4,
                 progress=False, seed=0)
-  fedavg = train_lib.train(train_lib.TrainConfig(
+  fedavg = train_lib.train(config_lib.TrainConfig(
       experiment_name='fedavg', algorithm='fedavg', total_rounds=3, **common))
   metrics = pd.read_csv(os.path.join(fedavg['run_dir'], 'metrics.csv'))
   assert len(metrics) == 3
-  result = train_lib.train(train_lib.TrainConfig(
+  result = train_lib.train(config_lib.TrainConfig(
       experiment_name='fedalt', algorithm='fedalt', personalization='adapter', total_rounds=2,
       init_from=fedavg['run_dir'], baseline_model=fedavg['run_dir'], report_clients=6, **common))
   config = model_lib.CnnConfig(adapters=True, width_multiplier=0.25)
@@ -219,9 +220,9 @@ def test_init_checkpoint_loads_matching_backbone(cache_dir, tmp_path, suffix):
     partition_lib.save_named_weights(path, partition_lib.named_weights(pretrained))
   else:
     pretrained.save_weights(path)
-  config = train_lib.TrainConfig(experiment_name='x', task='emnist', cache_dir=cache_dir,
+  config = config_lib.TrainConfig(experiment_name='x', task='emnist', cache_dir=cache_dir,
                                  width_multiplier=0.25, init_checkpoint=path)
-  task = train_lib.create_task(config)
+  task = config_lib.create_task(config)
   fresh = task.initial_weights(config.seed)
   named = train_lib.initial_named_weights(task, config)
   for v in pretrained.variables:
@@ -238,10 +239,10 @@ def test_init_checkpoint_loads_matching_backbone(cache_dir, tmp_path, suffix):
 
 def test_task_flags_are_checked():
   with pytest.raises(ValueError, match='--model_size does not apply to --task=emnist'):
-    train_lib.TrainConfig(experiment_name='x', task='emnist', model_size='mini')
+    config_lib.TrainConfig(experiment_name='x', task='emnist', model_size='mini')
   with pytest.raises(ValueError, match="unknown personalization 'last_block'"):
     emnist_task.create_task('/nonexistent', personalization='last_block')
-  config = train_lib.TrainConfig(experiment_name='x', task='emnist')
+  config = config_lib.TrainConfig(experiment_name='x', task='emnist')
   assert (config.personalization, config.model, config.cache_dir) == (
       'head', 'cnn', os.path.join('data_cache', 'emnist'))
 

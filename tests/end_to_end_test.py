@@ -10,6 +10,7 @@ import pytest
 
 from partial_personalization import training_loop
 from runners import grid_lib
+from runners import config_lib
 from runners import train_lib
 import conftest
 
@@ -31,7 +32,7 @@ def _config(cache_dir, out, name, **kwargs):
       vocab_size=1000, client_learning_rate=0.5, max_examples_per_client=64,
       clients_per_round=CLIENTS, total_rounds=4, progress=False, seed=1)
   settings.update(kwargs)
-  return train_lib.TrainConfig(**settings)
+  return config_lib.TrainConfig(**settings)
 
 
 def test_fedavg_then_personalization(cache_dir, tmp_path):

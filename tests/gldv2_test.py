@@ -10,6 +10,7 @@ import tensorflow as tf
 # TFF's writer and reader of its GLDv2 TFRecords (not exported under tff.simulation).
 from partial_personalization.tff_compat import vision_datasets_utils
 
+from runners import config_lib
 from runners import train_lib
 from tasks.gldv2 import data as data_lib
 from tasks.gldv2 import task as gldv2_task
@@ -125,11 +126,11 @@ def test_training_rounds_on_fixture(fixture, tmp_path):
                 image_size=40, crop_size=32, width_multiplier=0.125, heldout_fraction=0.2,
                 clients_per_round=3, client_batch_size=4, client_learning_rate=0.05,
                 progress=False)
-  fedavg = train_lib.train(train_lib.TrainConfig(
+  fedavg = train_lib.train(config_lib.TrainConfig(
       experiment_name='fedavg', algorithm='fedavg', total_rounds=2, **common))
   metrics = pd.read_csv(os.path.join(fedavg['run_dir'], 'metrics.csv'))
   assert len(metrics) == 2 and np.isfinite(metrics['train/client_work/train/loss']).all()
-  result = train_lib.train(train_lib.TrainConfig(
+  result = train_lib.train(config_lib.TrainConfig(
       experiment_name='fedsim_head', algorithm='fedsim', personalization='head', total_rounds=2,
       init_from=fedavg['run_dir'], **common))
   # The head of gld23k: 512/8 features x 203 classes, plus biases.

@@ -11,6 +11,7 @@ from partial_personalization import groups as groups_lib
 from partial_personalization import partition as partition_lib
 from partial_personalization import training_loop
 from runners import group_lib
+from runners import config_lib
 from runners import train_lib
 from tasks.stackoverflow import convert_lib
 import conftest
@@ -81,7 +82,7 @@ def test_group_fine_tuning_touches_only_that_groups_clients(cache_dir, tmp_path,
     return sampled
 
   monkeypatch.setattr(training_loop, 'sample_clients', spy)
-  config = train_lib.TrainConfig(
+  config = config_lib.TrainConfig(
       experiment_name='group', algorithm='fedalt', groups='metadata', client_group=site,
       total_rounds=2, report_clients=0, **_common(cache_dir, str(tmp_path)))
   result = train_lib.train(config)
@@ -91,7 +92,7 @@ def test_group_fine_tuning_touches_only_that_groups_clients(cache_dir, tmp_path,
   per_client = pd.read_csv(os.path.join(result['run_dir'], 'report', 'per_client.csv'))
   assert set(per_client.client_id) <= members  # The report covers the group too.
   with pytest.raises(ValueError, match='has no client; groups:'):
-    train_lib.train(train_lib.TrainConfig(
+    train_lib.train(config_lib.TrainConfig(
         experiment_name='nogroup', algorithm='fedalt', groups='metadata', client_group='x',
         total_rounds=1, **_common(cache_dir, str(tmp_path))))
 

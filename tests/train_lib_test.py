@@ -11,12 +11,13 @@ import pytest
 from partial_personalization import client_state
 from partial_personalization import integrity
 from partial_personalization import partition as partition_lib
+from runners import config_lib
 from runners import train_lib
 import testing_models as tm
 
 
 def _config(**kwargs):
-  return train_lib.TrainConfig(experiment_name='a', cache_dir='unused', **kwargs)
+  return config_lib.TrainConfig(experiment_name='a', cache_dir='unused', **kwargs)
 
 
 def _count_builds(configs, what):
@@ -77,7 +78,7 @@ def test_bad_flags_are_named(flag, value, message):
 
 
 def _real(cache_dir, tmp_path, **kwargs):
-  return train_lib.TrainConfig(experiment_name='run', root_output_dir=str(tmp_path),
+  return config_lib.TrainConfig(experiment_name='run', root_output_dir=str(tmp_path),
                                cache_dir=cache_dir, vocab_size=1000, progress=False,
                                **{'clients_per_round': 4, **kwargs})
 
@@ -110,13 +111,13 @@ def test_init_from_a_run_of_another_model_is_an_error(two_sites_cache_dir, tmp_p
   partition_lib.save_named_weights(other, {'conv2d/kernel': np.zeros([3, 3, 1, 32], np.float32)})
   config = _real(two_sites_cache_dir, tmp_path, init_from=other)
   with pytest.raises(ValueError, match='shares no variable with this model'):
-    train_lib.initial_named_weights(train_lib.create_task(config), config)
+    train_lib.initial_named_weights(config_lib.create_task(config), config)
 
 
 def test_a_run_refuses_to_resume_on_other_data(two_sites_cache_dir, tmp_path):
   """The run's store records the data's hash; a cache converted again differs."""
   config = _real(two_sites_cache_dir, tmp_path)
-  task = train_lib.create_task(config)
+  task = config_lib.create_task(config)
   store = client_state.ClientStateStore(str(tmp_path / 's.sqlite'), tm.weights(0.0))
   digest = integrity.files_sha256(task.data_files)
   store.bind('data_sha256', digest, 'data')
@@ -135,7 +136,7 @@ def test_baseline_evaluation_cache_follows_the_baseline_model(two_sites_cache_di
   baseline = tmp_path / 'baseline'
   baseline.mkdir()
   config = _real(two_sites_cache_dir, tmp_path, baseline_model=str(baseline))
-  task = train_lib.create_task(config)
+  task = config_lib.create_task(config)
   named = task.initial_weights(0)
   ids = sorted(task.test_data.client_ids)[:2]
 
