@@ -21,25 +21,15 @@ from partial_personalization import optimizers
 from partial_personalization import personalized_process
 from partial_personalization import robust_aggregators
 from partial_personalization import task as task_lib
-from tasks.emnist import task as emnist_task
-from tasks.gldv2 import task as gldv2_task
-from tasks.stackoverflow import task as stackoverflow_task
+from tasks import registry
 
 # fedrecon: TFF's `build_fed_recon` (stateless, FedAlt-style).
 ALGORITHMS = ('fedavg', 'fedrecon') + personalized_process.ALGORITHMS
 # Algorithms that train whole models: their personalization is 'none'.
 WHOLE_MODEL_ALGORITHMS = ('fedavg',) + personalized_process.FULL_ALGORITHMS
-TASKS = {'stackoverflow': stackoverflow_task, 'emnist': emnist_task, 'gldv2': gldv2_task}
-# Task -> {`create_task` keyword: TrainConfig field} beyond the common ones.
-TASK_OPTIONS = {
-    'stackoverflow': dict(model_size='model_size', adapter_size='adapter_size',
-                          vocab_size='vocab_size'),
-    'emnist': dict(model='model', width_multiplier='width_multiplier',
-                   heldout_fraction='heldout_fraction'),
-    'gldv2': dict(variant='gldv2_variant', model='model', width_multiplier='width_multiplier',
-                  heldout_fraction='heldout_fraction', image_size='image_size',
-                  crop_size='crop_size'),
-}
+# Task -> its module and {`create_task` keyword: TrainConfig field} (tasks/registry.py).
+TASKS = {name: spec.module for name, spec in registry.TASKS.items()}
+TASK_OPTIONS = {name: spec.options for name, spec in registry.TASKS.items()}
 SERVER_LR_SCHEDULES = ('constant', 'warmup_decay')
 # --client_weighting -> TFF's weighting of client updates in the mean of u.
 CLIENT_WEIGHTING = {'examples': tff.learning.ClientWeighting.NUM_EXAMPLES,

@@ -30,6 +30,7 @@ from absl import flags
 from runners import flags_lib
 from runners import grid_lib
 from runners import paths
+from tasks import registry
 from tasks.emnist import convert_lib as emnist_convert_lib
 
 flags_lib.define_executor_flags()
@@ -92,12 +93,6 @@ _SEEDS = flags.DEFINE_list(
 _PROGRESS = flags.DEFINE_bool('progress', True, 'Show progress bars.')
 
 
-# Task -> (client lr of u, lr of v, examples per client per round): settings
-# that trained well on this machine's real data (docs/results.md).
-_TASK_DEFAULTS = {'stackoverflow': (0.5, 0.1, 128), 'emnist': (0.03, 0.03, 512),
-                  'gldv2': (0.1, 0.1, 512)}
-
-
 def _prepare_data(out: str) -> dict:
   """Converts the task's real data once; returns its TrainConfig fields.
 
@@ -148,7 +143,7 @@ def _run():
 
 def _run_grid(out: str, seed: int, data: dict):
   """One seed's grid under `out`; returns its table."""
-  client_lr, personal_lr, max_examples = _TASK_DEFAULTS[_TASK.value]
+  client_lr, personal_lr, max_examples = registry.TASKS[_TASK.value].grid_defaults
   common = dict(
       task=_TASK.value, root_output_dir=out, **data,
       client_learning_rate=_CLIENT_LR.value or client_lr,

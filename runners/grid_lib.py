@@ -27,22 +27,11 @@ from partial_personalization import plots
 from partial_personalization import runtime
 from runners import config_lib
 from runners import train_lib
+from tasks import registry
 
 PRETRAIN, BASELINE = 'fedavg_pretrain', 'fedavg'
-# Task -> grid partition name -> (personalization flag, adapter size).
-_VISION_PARTITIONS = {name: (name, 0) for name in ('stem', 'head', 'adapter', 'representation')}
-PARTITIONS = {
-    'stackoverflow': {
-        'embeddings': ('embeddings', 0),
-        'first_block': ('first_block', 0),
-        'last_block': ('last_block', 0),
-        'decoder': ('decoder', 0),
-        'adapter16': ('adapter', 16),
-        'adapter64': ('adapter', 64),
-    },
-    'emnist': _VISION_PARTITIONS,
-    'gldv2': _VISION_PARTITIONS,
-}
+# Task -> grid partition name -> (personalization, adapter size) (tasks/registry.py).
+PARTITIONS = {name: spec.grid_partitions for name, spec in registry.TASKS.items()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,7 +117,7 @@ def ffgg_cells(*, task: str = 'stackoverflow', ffgg_server_learning_rate: float 
   del unused
   if task not in PARTITIONS:
     raise ValueError(f'unknown task {task!r}; choose from {sorted(PARTITIONS)}')
-  part = 'last_block' if task == 'stackoverflow' else 'head'  # The task's default.
+  part = registry.default_personalization(task)
   ffgg = dict(algorithm='ffgg', tau_v=1, server_learning_rate=ffgg_server_learning_rate)
   fedalt = dict(algorithm='fedalt', tau_v=1, tau_u=1)
   robust = dict(aggregator='median', bucket_size=bucket_size)
