@@ -64,12 +64,6 @@ def model_types(model_fn):
   return shared, personal, data
 
 
-@tff.tensorflow.computation(np.float32)
-def _unit_weight(weight):
-  """Uniform client weighting: every update counts 1 in the mean."""
-  return tf.ones_like(weight)
-
-
 class PersonalizedProcess(tff.templates.IterativeProcess):
   """An `IterativeProcess` whose `next` also maps CLIENTS-placed personal weights.
 
@@ -265,8 +259,9 @@ def build_personalized_process(
       state_type, tff.FederatedType(client_update.type_signature.result, tff.CLIENTS))
   def server_step(state, outputs):
     weights = outputs.update_weight
-    if uniform:
-      weights = tff.federated_map(_unit_weight, weights)
+    if uniform:  # Every update counts 1 (a lambda: TFF rejects ones_like's defaults).
+      weights = tff.federated_map(
+          tff.tensorflow.computation(lambda w: tf.ones_like(w), np.float32), weights)
     aggregated = aggregator.next(state.aggregator, outputs.shared_update, weights)
     finalized = finalizer.next(
         state.finalizer, state.global_model_weights, aggregated.result)

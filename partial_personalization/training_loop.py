@@ -63,9 +63,9 @@ class StorageError(RuntimeError):
 
 
 @contextlib.contextmanager
-def _writing(path: str, committed: Callable[[], int]):
+def _writing(path: str, store: client_state.ClientStateStore):
   """Turns a failed write to `path` into a `StorageError` naming it; the run
-  resumes after the last committed round once the cause is fixed."""
+  resumes after `store`'s last committed round once the cause is fixed."""
   try:
     yield
   except (OSError, sqlite3.OperationalError, tf.errors.ResourceExhaustedError,
@@ -73,7 +73,7 @@ def _writing(path: str, committed: Callable[[], int]):
     raise StorageError(
         f'cannot write {path}: {getattr(e, "message", None) or e}. Free disk space or fix '
         f'the permissions, then run the same command again: it resumes after round '
-        f'{committed()}, the last one committed.') from e
+        f'{store.committed_round}, the last one committed.') from e
 
 
 def sample_clients(client_ids: Sequence[str], num_clients: int, seed: int,
@@ -189,7 +189,7 @@ class PersonalizedRunner(RoundRunner):
           'inf); the round was not committed. Lower the learning rates or clip the steps '
           '(--clip_norm), then resume.')
     if not self.stateless:
-      with _writing(self.store.path, lambda: self.store.committed_round):
+      with _writing(self.store.path, self.store):
         self.store.write(round_num, client_ids, new_personal)
 
   def global_weights(self, state):
@@ -275,7 +275,22 @@ def run_training(
         eval_fn=eval_fn, progress=progress, stop_after_rounds=stop_after_rounds)
 
 
-def _verify_saved_state(state_manager, checkpoint_dir: str, store, total_rounds: int,
+def check_total_rounds(store: client_state.ClientStateStore, total_rounds: int) -> None:
+  """Refuses `total_rounds` below the store's committed round (the run is
+  past it; resuming would leave the saved settings and the model disagreeing).
+
+  Raises:
+    CheckpointError: naming the store and the fix.
+  """
+  committed = store.committed_round
+  if committed > total_rounds:
+    raise CheckpointError(
+        f'{store.path}: round {committed} is committed, past total_rounds={total_rounds}. '
+        f'Resume with --total_rounds >= {committed}, or start a new run with another '
+        '--experiment_name. Nothing was changed.')
+
+
+def _verify_saved_state(checkpoint_dir: str, store, total_rounds: int,
                         versions: list[int]) -> None:
   """Refuses to resume (or start over) from saved state that does not agree."""
   committed = store.committed_round
@@ -285,11 +300,7 @@ def _verify_saved_state(state_manager, checkpoint_dir: str, store, total_rounds:
         'has no committed round: the personal-state store (the commit record) was '
         'deleted or replaced. Restore it, or start a new run with another '
         '--experiment_name. Nothing was deleted.')
-  if committed > total_rounds:
-    raise CheckpointError(
-        f'{store.path}: round {committed} is committed, past total_rounds={total_rounds}. '
-        f'Resume with --total_rounds >= {committed}, or start a new run with another '
-        '--experiment_name. Nothing was changed.')
+  check_total_rounds(store, total_rounds)
   expected = store.checkpoint_hash(committed) if committed else None
   if expected:
     path = _checkpoint_path(checkpoint_dir, committed)
@@ -310,7 +321,7 @@ def _run_training(runner, *, run_dir, store, client_ids, make_dataset, total_rou
       checkpoint_dir, prefix=_CHECKPOINT_PREFIX, keep_total=3, keep_first=False)
   state = runner.initialize()
   versions = asyncio.run(state_manager.get_versions()) or []
-  _verify_saved_state(state_manager, checkpoint_dir, store, total_rounds, versions)
+  _verify_saved_state(checkpoint_dir, store, total_rounds, versions)
   committed = store.committed_round
   if committed > 0:
     path = _checkpoint_path(checkpoint_dir, committed)
@@ -357,13 +368,13 @@ def _run_training(runner, *, run_dir, store, client_ids, make_dataset, total_rou
       if eval_fn is not None and rounds_per_eval and (
           round_num % rounds_per_eval == 0 or round_num == total_rounds):
         flat.update({f'eval/{k}': v for k, v in eval_fn(state, round_num).items()})
-      with _writing(run_dir, lambda: store.committed_round):
+      with _writing(run_dir, store):
         for release in releases:
           asyncio.run(release.release(flat, key=round_num))
       if round_num % rounds_per_checkpoint == 0 or round_num == last:
-        with _writing(checkpoint_dir, lambda: store.committed_round):
+        with _writing(checkpoint_dir, store):
           asyncio.run(state_manager.save(state, round_num))
-        with _writing(store.path, lambda: store.committed_round):
+        with _writing(store.path, store):
           store.commit(round_num, integrity.tree_sha256(_checkpoint_path(checkpoint_dir, round_num)))
       bar.set_postfix({k.split('/')[-1]: f'{v:.4g}' for k, v in flat.items()
                        if k.endswith(('loss', 'accuracy'))})

@@ -72,9 +72,6 @@ class GroupSettings:
   equal_budget_control: bool = True
   global_model: Optional[str] = None
 
-  def variants(self) -> tuple[str, ...]:
-    return VARIANTS + (CONTROL_VARIANTS if self.equal_budget_control else ())
-
   def __post_init__(self):
     if self.local_algorithm not in LOCAL_ALGORITHMS:
       raise ValueError(f'--local_algorithm must be one of {LOCAL_ALGORITHMS}, '
@@ -109,6 +106,15 @@ def train_global(common: dict, settings: GroupSettings) -> str:
   return config.run_dir
 
 
+def _population(common: dict, settings: GroupSettings) -> tuple:
+  """(probe config, task, {client: group}) of the whole population, read
+  once per run and shared by the stages."""
+  probe = _config(common, 'global', algorithm='fedavg', personalization='none',
+                  groups=settings.groups)
+  task = config_lib.create_task(probe)
+  return probe, task, train_lib.client_groups(task, probe)
+
+
 def _clients_per_round(common: dict, size: int) -> int:
   return min(common.get('clients_per_round', 10), int(size))
 
@@ -121,13 +127,10 @@ def group_stage_updates(common: dict, settings: GroupSettings, sizes: pd.Series)
 
 
 def train_groups(common: dict, settings: GroupSettings, global_dir: str,
-                 log: Callable = print) -> dict[str, str]:
+                 log: Callable = print, population: Optional[tuple] = None) -> dict[str, str]:
   """Stage 2; returns {group: run dir of its model} (the global one for
-  groups below `min_group_clients`)."""
-  probe = _config(common, 'global', algorithm='fedavg', personalization='none',
-                  groups=settings.groups)
-  task = config_lib.create_task(probe)
-  groups = train_lib.client_groups(task, probe)
+  groups below `min_group_clients`). `population`: `_population`'s result."""
+  _, _, groups = population or _population(common, settings)
   sizes = pd.Series(groups).value_counts().sort_index()
   models = {}
   for i, (group, size) in enumerate(sizes.items(), 1):
@@ -148,13 +151,11 @@ def train_groups(common: dict, settings: GroupSettings, global_dir: str,
 
 
 def train_control(common: dict, settings: GroupSettings, global_dir: str,
-                  log: Callable = print) -> str:
+                  log: Callable = print, population: Optional[tuple] = None) -> str:
   """The equal-budget control: FedAvg on every client from the global model
   for at least the group stage's client updates; its run dir."""
-  probe = _config(common, 'global', algorithm='fedavg', personalization='none',
-                  groups=settings.groups)
-  task = config_lib.create_task(probe)
-  sizes = pd.Series(train_lib.client_groups(task, probe)).value_counts()
+  _, _, groups = population or _population(common, settings)
+  sizes = pd.Series(groups).value_counts()
   updates = group_stage_updates(common, settings, sizes)
   per_round = common.get('clients_per_round', 10)
   config = _config(common, 'extra', algorithm='fedavg', personalization='none',
@@ -218,14 +219,12 @@ def _algorithm_local(common: dict, settings: GroupSettings, metric: str, name: s
 
 def local_stage(common: dict, settings: GroupSettings, global_dir: str,
                 group_models: dict, progress: bool = True,
-                extra_dir: Optional[str] = None) -> pd.DataFrame:
+                extra_dir: Optional[str] = None,
+                population: Optional[tuple] = None) -> pd.DataFrame:
   """Stage 3 for every evaluation client; returns one row per client with the
-  accuracy of each of `settings.variants()` (the control's from `extra_dir`),
+  accuracy of each of `VARIANTS` (and `CONTROL_VARIANTS` from `extra_dir`),
   its group and test tokens."""
-  probe = _config(common, 'global', algorithm='fedavg', personalization='none',
-                  groups=settings.groups)
-  task = config_lib.create_task(probe)
-  groups = train_lib.client_groups(task, probe)
+  probe, task, groups = population or _population(common, settings)
   ids = train_lib.report_client_ids(task, probe)
   metric = task.report_metric
   if settings.local_algorithm == 'finetune':
@@ -318,15 +317,17 @@ def run_group_personalization(common: dict, settings: GroupSettings,
   out = common['root_output_dir']
   log(f'== stage 1: global FedAvg, {settings.global_rounds} rounds')
   global_dir = train_global(common, settings)
+  population = _population(common, settings)
   log(f'== stage 2: FedAvg per group ({settings.groups}), {settings.group_rounds} rounds each')
-  group_models = train_groups(common, settings, global_dir, log)
+  group_models = train_groups(common, settings, global_dir, log, population)
   with open(os.path.join(out, 'group_models.json'), 'w') as f:
     json.dump(group_models, f, indent=2)
   extra_dir = None
   if settings.equal_budget_control:
-    extra_dir = train_control(common, settings, global_dir, log)
+    extra_dir = train_control(common, settings, global_dir, log, population)
   log(f'== stage 3: local {settings.local_algorithm} from the global, group'
       f'{" and extra" if extra_dir else ""} models')
   per_client = local_stage(common, settings, global_dir, group_models,
-                           progress=common.get('progress', True), extra_dir=extra_dir)
+                           progress=common.get('progress', True), extra_dir=extra_dir,
+                           population=population)
   return write_report(per_client, out)

@@ -354,12 +354,8 @@ def train(config: config_lib.TrainConfig) -> dict:
         store.bind('data_sha256', integrity.files_sha256(task.data_files),
                    f'data (the files {[os.path.basename(f) for f in task.data_files]} in '
                    f'{config.cache_dir})')
-      if store.committed_round > config.total_rounds:
-        raise ValueError(
-            f'{config.run_dir}: round {store.committed_round} is committed, past '
-            f'--total_rounds={config.total_rounds}. Resume with --total_rounds >= '
-            f'{store.committed_round}, or start a new run with another --experiment_name. '
-            'Nothing was changed.')
+      # Before flags.json is rewritten with the new total.
+      training_loop.check_total_rounds(store, config.total_rounds)
       config_lib.write_flags(config)
       return _train(config, task, train_ids, named_init, store)
     finally:
