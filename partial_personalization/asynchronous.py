@@ -27,6 +27,7 @@ from typing import Any, Callable, Sequence
 from absl import logging
 import numpy as np
 
+from partial_personalization import client_work
 from partial_personalization import training_loop
 
 DISTRIBUTIONS = ('exponential', 'uniform', 'constant')
@@ -112,10 +113,10 @@ class AsyncSimulator:
     return item
 
 
-def scale_update(output: dict, factor: float) -> dict:
+def scale_update(output: client_work.ClientOutput, factor: float) -> client_work.ClientOutput:
   if factor == 1.0:
     return output
-  return {**output, 'shared_update': [factor * np.asarray(u) for u in output['shared_update']]}
+  return output._replace(shared_update=[factor * np.asarray(u) for u in output.shared_update])
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -179,7 +180,7 @@ class AsyncRunner(training_loop.PersonalizedRunner):
       state, step_metrics = self.process.server_step(
           state, [scale_update(arrival.output, factor)])
       version += 1
-      self.write_personal(round_num, [arrival.client_id], [arrival.output['personal_weights']])
+      self.write_personal(round_num, [arrival.client_id], [arrival.output.personal_weights])
       self.applied.append((arrival.client_id, arrival.start_version, stale, arrival.finish_time))
       metrics.append(training_loop.flatten_metrics(step_metrics))
       staleness.append(stale)

@@ -15,13 +15,46 @@ Keras metrics of the u pass (the last pass over the data).
 """
 
 import collections
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional, Sequence
 
 import tensorflow as tf
 import tensorflow_federated as tff
 
 ModelWeights = tff.learning.models.ModelWeights
 LOCAL_UNITS = ('epochs', 'steps')
+
+
+class ClientOutput(NamedTuple):
+  """What every algorithm's client update returns, each round, for one client.
+
+  Attributes:
+    shared_update: u_initial - u_final (TFF's sign convention: the server
+      optimizer applies it as a gradient), a list of float32 tensors shaped as
+      u's trainable variables. FFGG sends its gradient of u here.
+    update_weight: float32 scalar, examples seen in the pass on u (the weight
+      of the update under `ClientWeighting.NUM_EXAMPLES`).
+    personal_weights: the new v_i, a `ModelWeights` of v's type (of u's type
+      for Ditto and pFedMe, whose v_i is a whole model).
+    metrics: unfinalized Keras metrics of the pass on u: an OrderedDict
+      name -> list of the metric's variable values (`[total, count]` for means).
+  """
+  shared_update: list
+  update_weight: tf.Tensor
+  personal_weights: ModelWeights
+  metrics: collections.OrderedDict
+
+
+class Trainable(NamedTuple):
+  """Variables that one local pass steps, with their optimizer.
+
+  `penalty`, when given, maps the variables to the gradient of a regularizer
+  added to the loss gradient: `personal_l2 * v` (weight decay of v) or
+  `lambda * (v - u_t)` (Ditto's pull toward the broadcast model).
+  """
+  variables: tuple
+  optimizer: tff.learning.optimizers.Optimizer
+  penalty: Optional[Callable[[Sequence[tf.Variable]], list]] = None
+
 
 
 def phase_dataset(dataset: tf.data.Dataset, count: int, unit: str) -> tf.data.Dataset:
@@ -86,6 +119,51 @@ def read_metrics(metrics):
       (m.name, [v.read_value() for v in m.variables]) for m in metrics)
 
 
+def local_sgd(model, loss, trainables: Sequence[Trainable], data: tf.data.Dataset, *,
+              metrics=None, after=()) -> tf.Tensor:
+  """The local-training loop of every algorithm that steps per batch.
+
+  One pass over `data` (already repeated by `phase_dataset`), started after
+  the tensors `after` (see `batches_after`): per batch, one forward pass, one
+  gradient of the loss for all `trainables` together, plus each one's
+  `penalty`, and one step of each one's optimizer (its state starts fresh
+  here: client optimizer state is not persisted, as in the paper). FedAlt's
+  two phases, FedSim's joint pass and both of Ditto's passes are this loop
+  configured; pFedMe's inner Moreau solver and FFGG's full-batch gradients are
+  other loops over the same helpers.
+
+  Must run inside a `tf.function`. `metrics`, when given, are updated with
+  each batch (`record_metrics`). Returns the examples seen, an int64 scalar.
+  """
+  states = tuple(t.optimizer.initialize(specs(t.variables)) for t in trainables)
+  num_examples = tf.constant(0, tf.int64)
+  for batch in batches_after(data, after):
+    with tf.GradientTape() as tape:
+      output = model.forward_pass(batch, training=True)
+      batch_loss = loss(output.labels, output.predictions)
+    grads = tape.gradient(batch_loss, [t.variables for t in trainables])
+    new_states = []
+    for t, state, g in zip(trainables, states, grads):
+      if t.penalty is not None:
+        g = [gi + pi for gi, pi in zip(g, t.penalty(t.variables))]
+      state, new_values = t.optimizer.next(state, t.variables, tuple(g))
+      assign(t.variables, new_values)
+      new_states.append(state)
+    states = tuple(new_states)
+    if metrics:
+      record_metrics(metrics, output, batch_loss)
+    num_examples += tf.cast(output.num_examples, tf.int64)
+  return num_examples
+
+
+def specs(variables) -> tuple:
+  return tuple(tf.TensorSpec(v.shape, v.dtype) for v in variables)
+
+
+def read_weights(variables: ModelWeights) -> ModelWeights:
+  return tf.nest.map_structure(lambda v: v.read_value(), variables)
+
+
 def build_client_update(
     *,
     model_fn: Callable[[], tff.learning.models.ReconstructionModel],
@@ -102,7 +180,7 @@ def build_client_update(
     local_unit: str,
     personal_l2: float = 0.0,
 ) -> tff.Computation:
-  """Builds `(u, v_i, dataset) -> ClientOutput` for one client.
+  """Builds `(u, v_i, dataset) -> ClientOutput` of FedAlt or FedSim for one client.
 
   Args:
     model_fn: No-arg function returning a `ReconstructionModel` whose global
@@ -122,10 +200,10 @@ def build_client_update(
   finetuning of the evaluation protocol (and reconstruction, when stateless).
 
   Returns:
-    A `tff.Computation` returning an OrderedDict with `shared_update` (list of
-    float32 arrays shaped as u.trainable), `update_weight` (float32 scalar),
-    `personal_weights` (same type as v) and `metrics` (unfinalized Keras
-    metrics: name -> list of variable values).
+    A `tff.Computation` returning a `ClientOutput` (metrics of the u pass).
+
+  Raises:
+    ValueError: unknown `local_unit`, negative `tau_u` or `tau_v`.
   """
   if local_unit not in LOCAL_UNITS:
     raise ValueError(f'local_unit must be one of {LOCAL_UNITS}, got {local_unit!r}')
@@ -136,37 +214,15 @@ def build_client_update(
   def client_update(shared, personal, dataset):
     model, metrics, shared_vars, personal_vars = model_parts(model_fn, loss_fn, metrics_fn)
     loss = loss_fn()
+    decay = (lambda vs: [personal_l2 * v for v in vs]) if personal_l2 else None
 
-    def specs(variables):
-      return tuple(tf.TensorSpec(v.shape, v.dtype) for v in variables)
-
-    def run_pass(data, train_shared: bool, train_personal: bool, record: bool, after=()):
-      """One phase of local SGD on the selected parts, after the tensors
-      `after` (the previous pass); returns examples seen."""
-      groups = []  # (variables, optimizer, l2)
+    def trainables(train_shared: bool, train_personal: bool) -> list[Trainable]:
+      parts = []
       if train_shared and shared_vars.trainable:
-        groups.append((tuple(shared_vars.trainable), client_optimizer, 0.0))
+        parts.append(Trainable(tuple(shared_vars.trainable), client_optimizer))
       if train_personal and personal_vars.trainable:
-        groups.append((tuple(personal_vars.trainable), personal_optimizer, personal_l2))
-      states = tuple(opt.initialize(specs(vs)) for vs, opt, _ in groups)
-      num_examples = tf.constant(0, tf.int64)
-      for batch in batches_after(data, after):
-        with tf.GradientTape() as tape:
-          output = model.forward_pass(batch, training=True)
-          batch_loss = loss(output.labels, output.predictions)
-        grads = tape.gradient(batch_loss, [vs for vs, _, _ in groups])
-        new_states = []
-        for (vs, opt, l2), state, g in zip(groups, states, grads):
-          if l2:
-            g = [gi + l2 * v for gi, v in zip(g, vs)]
-          state, new_values = opt.next(state, vs, tuple(g))
-          assign(vs, new_values)
-          new_states.append(state)
-        states = tuple(new_states)
-        if record:
-          record_metrics(metrics, output, batch_loss)
-        num_examples += tf.cast(output.num_examples, tf.int64)
-      return num_examples
+        parts.append(Trainable(tuple(personal_vars.trainable), personal_optimizer, decay))
+      return parts
 
     @tf.function
     def local_update(shared, personal, dataset):
@@ -176,21 +232,20 @@ def build_client_update(
       if alternating:
         personal_pass = ()
         if personal_vars.trainable and tau_v > 0:
-          personal_pass = [run_pass(phase_dataset(dataset, tau_v, local_unit), False, True, False)]
-        num_examples = run_pass(
-            phase_dataset(dataset, tau_u, local_unit), True, False, True, after=personal_pass)
+          personal_pass = [local_sgd(model, loss, trainables(False, True),
+                                     phase_dataset(dataset, tau_v, local_unit))]
+        num_examples = local_sgd(model, loss, trainables(True, False),
+                                 phase_dataset(dataset, tau_u, local_unit),
+                                 metrics=metrics, after=personal_pass)
       else:
-        num_examples = run_pass(
-            phase_dataset(dataset, tau_u, local_unit), True, True, True)
-      shared_update = tf.nest.map_structure(
-          tf.subtract, initial_shared, shared_vars.trainable)
-      unfinalized = read_metrics(metrics)
-      new_personal = tf.nest.map_structure(lambda v: v.read_value(), personal_vars)
-      return collections.OrderedDict(
-          shared_update=shared_update,
+        num_examples = local_sgd(model, loss, trainables(True, True),
+                                 phase_dataset(dataset, tau_u, local_unit), metrics=metrics)
+      return ClientOutput(
+          shared_update=tf.nest.map_structure(tf.subtract, initial_shared,
+                                              shared_vars.trainable),
           update_weight=tf.cast(num_examples, tf.float32),
-          personal_weights=new_personal,
-          metrics=unfinalized,
+          personal_weights=read_weights(personal_vars),
+          metrics=read_metrics(metrics),
       )
 
     return local_update(shared, personal, dataset)

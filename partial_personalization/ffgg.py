@@ -19,7 +19,6 @@ with its sign convention (a gradient), so the process is FedAlt's
 (`personalized_process`) with this client update.
 """
 
-import collections
 from typing import Callable, Optional
 
 import tensorflow as tf
@@ -52,10 +51,9 @@ def build_ffgg_client_update(
     local_steps: Full-batch steps on u (K of Algorithm 4); 1 is FFGG.
 
   Returns:
-    A computation with the output of `client_work.build_client_update`:
-    `shared_update` (the mean gradient w.r.t. u.trainable, float32 arrays),
-    `update_weight` (examples, float32), `personal_weights` (the fine-tuned
-    v_i) and `metrics` (of the last gradient pass, at (u_K-1, v_i)).
+    A computation returning a `client_work.ClientOutput`: `shared_update` is
+    the mean gradient w.r.t. u.trainable, `personal_weights` the fine-tuned
+    v_i, `metrics` those of the last gradient pass, at (u_K-1, v_i).
 
   Raises:
     ValueError: tau_v < 0 or local_steps < 1.
@@ -93,7 +91,7 @@ def build_ffgg_client_update(
       the mean of their gradients and the examples of the last one (the step
       after the last gradient is not taken when `record_last`: that gradient
       is what the client sends)."""
-      state = optimizer.initialize(tuple(tf.TensorSpec(v.shape, v.dtype) for v in variables))
+      state = optimizer.initialize(client_work.specs(variables))
       grad_sum = [tf.zeros_like(v) for v in variables]
       examples = tf.constant(0.0)
       for step in range(steps):  # Unrolled: tau and K are small.
@@ -115,10 +113,10 @@ def build_ffgg_client_update(
         personal_passes = [gd(personal_vars.trainable, personal_optimizer, tau_v)[1]]
       update, examples = gd(shared_vars.trainable, client_optimizer, local_steps,
                             record_last=True, after=personal_passes)
-      return collections.OrderedDict(
+      return client_work.ClientOutput(
           shared_update=update,
           update_weight=examples,
-          personal_weights=tf.nest.map_structure(lambda v: v.read_value(), personal_vars),
+          personal_weights=client_work.read_weights(personal_vars),
           metrics=client_work.read_metrics(metrics),
       )
 

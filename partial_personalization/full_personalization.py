@@ -23,7 +23,6 @@ prox terms added), so with SGD they are the papers' rules exactly; optimizer
 states start fresh each round, as in `client_work`.
 """
 
-import collections
 from typing import Callable, Optional
 
 import tensorflow as tf
@@ -34,36 +33,11 @@ from partial_personalization import client_work
 ModelWeights = tff.learning.models.ModelWeights
 
 
-def _specs(tensors):
-  return tuple(tf.TensorSpec(t.shape, t.dtype) for t in tensors)
-
-
 def _step(optimizer, state, variables, grads):
   """One optimizer step assigned to `variables`; returns the new state."""
   state, new_values = optimizer.next(state, tuple(variables), tuple(grads))
   client_work.assign(tuple(variables), new_values)
   return state
-
-
-def _pass(model, loss, variables, data, optimizer, anchor=None, prox=0.0, metrics=(),
-          after=()):
-  """Local steps over `data` on `variables`, after the tensors `after` (see
-  `client_work.batches_after`); with `anchor`, the gradient gets
-  prox * (var - anchor). Returns the number of examples seen."""
-  state = optimizer.initialize(_specs(variables))
-  num_examples = tf.constant(0, tf.int64)
-  for batch in client_work.batches_after(data, after):
-    with tf.GradientTape() as tape:
-      output = model.forward_pass(batch, training=True)
-      batch_loss = loss(output.labels, output.predictions)
-    grads = tape.gradient(batch_loss, variables)
-    if anchor is not None:
-      grads = [g + prox * (v - a) for g, v, a in zip(grads, variables, anchor)]
-    state = _step(optimizer, state, variables, grads)
-    if metrics:
-      client_work.record_metrics(metrics, output, batch_loss)
-    num_examples += tf.cast(output.num_examples, tf.int64)
-  return num_examples
 
 
 def _check(prox_strength, tau_u, tau_v, local_unit):
@@ -75,8 +49,8 @@ def _check(prox_strength, tau_u, tau_v, local_unit):
     raise ValueError(f'local_unit must be one of {client_work.LOCAL_UNITS}')
 
 
-def _output(initial, final, num_examples, personal, metrics):
-  return collections.OrderedDict(
+def _output(initial, final, num_examples, personal, metrics) -> client_work.ClientOutput:
+  return client_work.ClientOutput(
       shared_update=[a - b for a, b in zip(initial, final)],
       update_weight=tf.cast(num_examples, tf.float32),
       personal_weights=personal,
@@ -122,15 +96,18 @@ def build_ditto_client_update(
     @tf.function
     def update(shared, personal, dataset):
       anchor = [tf.identity(t) for t in shared.trainable]
+      pull = lambda vs: [prox_strength * (v - a) for v, a in zip(vs, anchor)]
       client_work.assign(variables, personal)
-      personal_pass = _pass(model, loss, variables.trainable,
-                            client_work.phase_dataset(dataset, tau_v, local_unit),
-                            personal_optimizer, anchor, prox_strength)
-      new_personal = tf.nest.map_structure(lambda v: v.read_value(), variables)
+      personal_pass = client_work.local_sgd(
+          model, loss,
+          [client_work.Trainable(tuple(variables.trainable), personal_optimizer, pull)],
+          client_work.phase_dataset(dataset, tau_v, local_unit))
+      new_personal = client_work.read_weights(variables)
       client_work.assign(variables, shared)
-      num_examples = _pass(model, loss, variables.trainable,
-                           client_work.phase_dataset(dataset, tau_u, local_unit),
-                           client_optimizer, metrics=metrics, after=[personal_pass])
+      num_examples = client_work.local_sgd(
+          model, loss, [client_work.Trainable(tuple(variables.trainable), client_optimizer)],
+          client_work.phase_dataset(dataset, tau_u, local_unit),
+          metrics=metrics, after=[personal_pass])
       return _output(anchor, variables.trainable, num_examples, new_personal, metrics)
 
     return update(shared, personal, dataset)
@@ -183,8 +160,8 @@ def build_pfedme_client_update(
       client_work.assign(variables, shared)
       theta = variables.trainable
       w = tuple(tf.identity(t) for t in initial)
-      theta_state = personal_optimizer.initialize(_specs(theta))
-      w_state = client_optimizer.initialize(_specs(w))
+      theta_state = personal_optimizer.initialize(client_work.specs(theta))
+      w_state = client_optimizer.initialize(client_work.specs(w))
       num_examples = tf.constant(0, tf.int64)
       for batch in client_work.batches_after(
           client_work.phase_dataset(dataset, tau_u, local_unit)):
@@ -201,7 +178,7 @@ def build_pfedme_client_update(
               [g + prox_strength * (v - a) for g, v, a in zip(grads, theta, w)])
         w_state, w = client_optimizer.next(
             w_state, w, tuple(prox_strength * (a - v) for a, v in zip(w, theta)))
-      new_personal = tf.nest.map_structure(lambda v: v.read_value(), variables)
+      new_personal = client_work.read_weights(variables)
       return _output(initial, w, num_examples, new_personal, metrics)
 
     return update(shared, dataset)

@@ -171,10 +171,10 @@ class PersonalizedRunner(RoundRunner):
     if self.split_rounds or (self.attack and attackers):
       outputs = self.process.client_step(state, personal, datasets)
       for i in attackers:
-        outputs[i] = {**outputs[i], 'shared_update': self.attack.corrupt(
-            outputs[i]['shared_update'], round_num, client_ids[i])}
+        outputs[i] = outputs[i]._replace(shared_update=self.attack.corrupt(
+            outputs[i].shared_update, round_num, client_ids[i]))
       state, metrics = self.process.server_step(state, outputs)
-      new_personal = [output['personal_weights'] for output in outputs]
+      new_personal = [output.personal_weights for output in outputs]
     else:
       state, new_personal, metrics = self.process.next(state, personal, datasets)
     self.write_personal(round_num, client_ids, new_personal)

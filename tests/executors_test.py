@@ -85,13 +85,14 @@ def processes():
   built = {'fedavg': tff.learning.algorithms.build_weighted_fed_avg(
       variable_model_fn, client_optimizer_fn=sgd(0.1), server_optimizer_fn=sgd(1.0))}
   for algorithm in ('fedalt', 'fedsim'):
-    built[algorithm] = personalized_process.build_personalized_process(
+    built[algorithm] = personalized_process.BUILDERS[algorithm](
         reconstruction_model_fn, loss_fn=loss_fn,
         metrics_fn=lambda: [tf.keras.metrics.SparseCategoricalAccuracy()],
-        algorithm=algorithm, client_optimizer=sgd(0.1), personal_optimizer=sgd(0.05))
+        client_optimizer=sgd(0.1), personal_optimizer=sgd(0.05))
   # FFGG with a robust aggregator: its [?, P] accumulator on every executor.
-  built['ffgg_median'] = personalized_process.build_personalized_process(
-      reconstruction_model_fn, loss_fn=loss_fn, algorithm='ffgg', client_optimizer=sgd(0.1),
+  built['ffgg_median'] = personalized_process.build_ffgg_process(
+      reconstruction_model_fn, loss_fn=loss_fn, client_optimizer=sgd(0.1),
+      server_optimizer=sgd(1.0), client_weighting=tff.learning.ClientWeighting.NUM_EXAMPLES,
       personal_optimizer=sgd(0.05),
       model_aggregator=robust_aggregators.RobustAggregationFactory('median', bucket_size=2))
   return built

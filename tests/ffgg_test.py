@@ -13,6 +13,7 @@ import tensorflow_federated as tff
 from partial_personalization import asynchronous
 from partial_personalization import byzantine
 from partial_personalization import client_state
+from partial_personalization import client_work
 from partial_personalization import personalized_process
 from partial_personalization import training_loop
 import testing_models as tm
@@ -28,13 +29,14 @@ def _full_grad(u, v, xs, ys):
   return float(np.mean([2.0 * ((u + v) * x - y) * x for x, y in zip(xs, ys)]))
 
 
-def _process(algorithm='ffgg', tau_v=2, local_steps=1, **kwargs):
-  return personalized_process.build_personalized_process(
-      tm.model_fn, loss_fn=tf.keras.losses.MeanSquaredError, algorithm=algorithm,
+def _process(tau_v=2, local_steps=1, **kwargs):
+  return personalized_process.build_ffgg_process(
+      tm.model_fn, loss_fn=tf.keras.losses.MeanSquaredError,
       client_optimizer=tff.learning.optimizers.build_sgdm(LR),
       personal_optimizer=tff.learning.optimizers.build_sgdm(ALPHA),
       server_optimizer=tff.learning.optimizers.build_sgdm(GAMMA),
-      tau_v=tau_v, local_steps=local_steps, **kwargs)
+      finetune_steps=tau_v, local_steps=local_steps,
+      client_weighting=tff.learning.ClientWeighting.NUM_EXAMPLES, **kwargs)
 
 
 @pytest.fixture(scope='module')
@@ -90,7 +92,7 @@ def test_local_ffgg_sends_the_mean_of_its_gradients():
   for _ in range(3):
     grads.append(_full_grad(u, 0.1, xs, ys))
     u -= LR * grads[-1]
-  sent = float(np.ravel(outputs[0]['shared_update'][0])[0])
+  sent = float(np.ravel(outputs[0].shared_update[0])[0])
   assert sent == pytest.approx(np.mean(grads), rel=1e-5)
 
 
@@ -104,7 +106,7 @@ def test_byzantine_clients_send_the_attack_and_robust_aggregation_resists(ffgg, 
                                             byzantine_ids=frozenset(byz))
   state = ffgg.set_model_weights(ffgg.initialize(), tm.weights(0.2))
   honest_out = ffgg.client_step(state, [tm.weights(0.0)] * 2, _datasets())
-  g = {c: float(np.ravel(o['shared_update'][0])[0]) for c, o in zip(ids, honest_out)}
+  g = {c: float(np.ravel(o.shared_update[0])[0]) for c, o in zip(ids, honest_out)}
   new_state, _ = runner.run_round(state, 1, ids, _datasets())
   sent = {c: (-10.0 * g[c] if c in byz else g[c]) for c in ids}
   sizes = {c: len(CLIENTS[c][0]) for c in ids}
@@ -131,11 +133,12 @@ class _RecordingProcess:
     return state
 
   def client_step(self, state, personal, datasets):
-    return [{'shared_update': [np.array(float(state))], 'personal_weights': p,
-             'update_weight': 1.0, 'metrics': {}} for p in personal]
+    return [client_work.ClientOutput(shared_update=[np.array(float(state))],
+                                     update_weight=1.0, personal_weights=p, metrics={})
+            for p in personal]
 
   def server_step(self, state, outputs):
-    self.applied.append(float(outputs[0]['shared_update'][0]))
+    self.applied.append(float(outputs[0].shared_update[0]))
     return state + 1, {'client_work': {'loss': 1.0}}
 
 
@@ -173,8 +176,8 @@ def test_async_runner_applies_stale_updates_in_arrival_order(tmp_path):
 
 
 def test_delay_adaptive_scales_stale_updates():
-  out = {'shared_update': [np.array([2.0])]}
-  assert float(asynchronous.scale_update(out, 0.5)['shared_update'][0][0]) == 1.0
+  out = client_work.ClientOutput([np.array([2.0])], 1.0, None, {})
+  assert float(asynchronous.scale_update(out, 0.5).shared_update[0][0]) == 1.0
   delays = asynchronous.DelayModel('constant', mean=2.0, slow_fraction=0.5, slow_factor=4.0)
   slow = delays.slow_clients(['a', 'b', 'c', 'd'])
   assert len(slow) == 2
@@ -183,8 +186,8 @@ def test_delay_adaptive_scales_stale_updates():
 
 def test_async_fedalt_through_the_training_loop(tmp_path):
   """A real TFF process: resumable rounds, staleness metrics, v_i written on arrival."""
-  process = personalized_process.build_personalized_process(
-      tm.model_fn, loss_fn=tf.keras.losses.MeanSquaredError, algorithm='fedalt',
+  process = personalized_process.build_fedalt_process(
+      tm.model_fn, loss_fn=tf.keras.losses.MeanSquaredError,
       client_optimizer=tff.learning.optimizers.build_sgdm(LR))
   data = {c: tm.dataset(xs, ys) for c, (xs, ys) in {**CLIENTS, 'c': ([1.0], [3.0])}.items()}
   store = client_state.ClientStateStore(str(tmp_path / 's.sqlite'), tm.weights(0.0))

@@ -60,12 +60,13 @@ def pfedme_reference(u, xs, ys):
 
 @pytest.fixture(scope='module', params=['ditto', 'pfedme'])
 def process(request):
-  return request.param, personalized_process.build_personalized_process(
-      _model_fn, loss_fn=tf.keras.losses.MeanSquaredError, algorithm=request.param,
+  own = {'ditto': {}, 'pfedme': dict(inner_steps=K)}[request.param]
+  return request.param, personalized_process.BUILDERS[request.param](
+      _model_fn, loss_fn=tf.keras.losses.MeanSquaredError,
       client_optimizer=tff.learning.optimizers.build_sgdm(LR),
       personal_optimizer=tff.learning.optimizers.build_sgdm(PERSONAL_LR),
       server_optimizer=tff.learning.optimizers.build_sgdm(0.5),
-      prox_strength=LAMBDA, inner_steps=K)
+      prox_strength=LAMBDA, **own)
 
 
 def test_one_round_matches_hand_computation(process):
@@ -102,8 +103,8 @@ def test_evaluation_uses_the_personal_model_alone(process):
 
 def test_full_algorithms_refuse_personal_variables():
   with pytest.raises(ValueError, match='none'):
-    personalized_process.build_personalized_process(
-        tm.model_fn, loss_fn=tf.keras.losses.MeanSquaredError, algorithm='ditto',
+    personalized_process.build_ditto_process(
+        tm.model_fn, loss_fn=tf.keras.losses.MeanSquaredError,
         client_optimizer=tff.learning.optimizers.build_sgdm(LR))
 
 

@@ -61,12 +61,13 @@ def reference_round(u, vs, *, server_lr=1.0, uniform=False, **kwargs):
 
 def _process(algorithm, tau_u=1, tau_v=1, local_unit='epochs', server_lr=1.0,
              weighting=tff.learning.ClientWeighting.NUM_EXAMPLES):
-  return personalized_process.build_personalized_process(
-      tm.model_fn, loss_fn=tf.keras.losses.MeanSquaredError, algorithm=algorithm,
+  passes = dict(tau_u=tau_u, tau_v=tau_v) if algorithm == 'fedalt' else dict(tau=tau_u)
+  return personalized_process.BUILDERS[algorithm](
+      tm.model_fn, loss_fn=tf.keras.losses.MeanSquaredError,
       client_optimizer=tff.learning.optimizers.build_sgdm(LR),
       personal_optimizer=tff.learning.optimizers.build_sgdm(PERSONAL_LR),
       server_optimizer=tff.learning.optimizers.build_sgdm(server_lr),
-      tau_u=tau_u, tau_v=tau_v, local_unit=local_unit, client_weighting=weighting)
+      local_unit=local_unit, client_weighting=weighting, **passes)
 
 
 @pytest.mark.parametrize('algorithm,tau_u,tau_v,unit,server_lr,uniform', [
@@ -169,14 +170,16 @@ def test_evaluation_is_per_client_and_does_not_train():
 
 
 def test_bad_arguments_are_named():
-  with pytest.raises(ValueError, match='algorithm'):
-    _process('fedavg')
+  with pytest.raises(TypeError, match='tau_v'):  # A hyperparameter FedSim does not have.
+    personalized_process.build_fedsim_process(
+        tm.model_fn, loss_fn=tf.keras.losses.MeanSquaredError,
+        client_optimizer=tff.learning.optimizers.build_sgdm(LR), tau_v=2)
   with pytest.raises(ValueError, match='local_unit'):
     _process('fedalt', local_unit='minutes')
   with pytest.raises(ValueError, match='client_weighting'):
     _process('fedalt', weighting='uniform')  # The enum, not its name.
   with pytest.raises(ValueError, match='nothing to federate'):
-    personalized_process.build_personalized_process(
+    personalized_process.build_fedalt_process(
         lambda: tm.partition_lib.build_reconstruction_model(
             tm.keras_model_fn(), lambda m: m.variables, tm.INPUT_SPEC),
         loss_fn=tf.keras.losses.MeanSquaredError,

@@ -27,8 +27,8 @@ CLIENTS = {f'c{i}': ([0.5 * i, 1.0, -1.0, 2.0][: 2 + i % 3], [1.0, 0.5 * i, 2.0,
 
 @pytest.fixture(scope='module')
 def process():
-  return personalized_process.build_personalized_process(
-      tm.model_fn, loss_fn=tf.keras.losses.MeanSquaredError, algorithm='fedalt',
+  return personalized_process.build_fedalt_process(
+      tm.model_fn, loss_fn=tf.keras.losses.MeanSquaredError,
       client_optimizer=tff.learning.optimizers.build_sgdm(0.05))
 
 
@@ -176,8 +176,8 @@ def test_corrupt_personal_weights_name_the_client(two_rounds):
 
 
 def test_non_finite_round_is_not_committed(two_rounds):
-  bad = personalized_process.build_personalized_process(
-      tm.model_fn, loss_fn=tf.keras.losses.MeanSquaredError, algorithm='fedalt',
+  bad = personalized_process.build_fedalt_process(
+      tm.model_fn, loss_fn=tf.keras.losses.MeanSquaredError,
       client_optimizer=tff.learning.optimizers.build_sgdm(float('nan')))
   with pytest.raises(training_loop.NonFiniteError, match='round 3: clients'):
     _run(bad, two_rounds)

@@ -128,8 +128,8 @@ def test_plugs_into_tff_fedavg_and_our_processes():
   np.testing.assert_allclose(
       np.concatenate([np.ravel(w) for w in fedavg.get_model_weights(state).trainable]),
       [0.4, 0.4], rtol=1e-5)  # median of (0.2, 0.4, 6.0)
-  process = personalized_process.build_personalized_process(
-      tm.model_fn, loss_fn=tf.keras.losses.MeanSquaredError, algorithm='fedsim',
+  process = personalized_process.build_fedsim_process(
+      tm.model_fn, loss_fn=tf.keras.losses.MeanSquaredError,
       client_optimizer=tff.learning.optimizers.build_sgdm(0.1), model_aggregator=factory)
   state, _, _ = process.next(process.initialize(), [tm.weights(0.0)] * 3, data)
   assert tm.scalar(process.get_model_weights(state)) == pytest.approx(0.4, rel=1e-5)
