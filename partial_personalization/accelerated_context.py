@@ -226,7 +226,7 @@ class _Interpreter:
     handler = getattr(self, '_' + uri, None)
     if handler is None:
       raise UnsupportedComputationError(
-          f'the accelerated executor does not run {uri}; use --executor=local')
+          f'the accelerated executor does not run {uri}; use `executor=local`')
     return handler
 
   def _map_clients(self, fn, values: list) -> list:

@@ -54,10 +54,10 @@ class DelayModel:
 
   def __post_init__(self):
     if self.distribution not in DISTRIBUTIONS:
-      raise ValueError(f'--async_delay must be one of {DISTRIBUTIONS}, got {self.distribution!r}')
+      raise ValueError(f'`async_delay` must be one of {DISTRIBUTIONS}, got {self.distribution!r}')
     if self.mean <= 0 or not 0 <= self.slow_fraction <= 1 or self.slow_factor <= 0:
-      raise ValueError('need --async_delay_mean > 0, --async_slow_fraction in [0, 1] and '
-                       '--async_slow_factor > 0')
+      raise ValueError('need `async_delay_mean` > 0, `async_slow_fraction` in [0, 1] and '
+                       '`async_slow_factor` > 0')
 
   def slow_clients(self, client_ids: Sequence[str]) -> set[str]:
     ids = sorted(client_ids)
@@ -140,7 +140,7 @@ class AsyncRunner(training_loop.PersonalizedRunner):
     if self.attack is not None:
       raise ValueError('simulated attacks are not supported in asynchronous runs')
     if not 1 <= self.concurrency <= len(self.population):
-      raise ValueError(f'--async_concurrency must be in [1, {len(self.population)}] '
+      raise ValueError(f'`async_concurrency` must be in [1, {len(self.population)}] '
                        f'(training clients), got {self.concurrency}')
     self._sim = AsyncSimulator()
     self._slow = self.delays.slow_clients(self.population)

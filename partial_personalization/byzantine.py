@@ -35,9 +35,9 @@ class ByzantineAttack:
 
   def __post_init__(self):
     if not 0 <= self.fraction < 1:
-      raise ValueError(f'--byzantine_fraction must be in [0, 1), got {self.fraction}')
+      raise ValueError(f'`byzantine_fraction` must be in [0, 1), got {self.fraction}')
     if self.attack not in ATTACKS:
-      raise ValueError(f'--attack must be one of {ATTACKS}, got {self.attack!r}')
+      raise ValueError(f'`attack` must be one of {ATTACKS}, got {self.attack!r}')
 
   def byzantine_clients(self, client_ids: Sequence[str]) -> set[str]:
     """round(fraction * n) clients of the population, a function of the seed."""

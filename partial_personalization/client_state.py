@@ -104,13 +104,13 @@ class ClientStateStore:
     except (sqlite3.DatabaseError, ValueError, OSError, TypeError) as e:
       raise ClientStateError(
           f'{path}: not a readable client-state store ({e}). Restore it from a '
-          'backup or start a new experiment (another --experiment_name).') from e
+          'backup or start a new experiment (another `experiment_name`).') from e
     if _signature(self._initial) != _signature(initial_personal):
       raise ClientStateError(
           f'{path}: stored personal weights have shapes {_signature(self._initial)}'
           f' but this model needs {_signature(initial_personal)}. The run was '
           'started with another model or personalization; use another '
-          '--experiment_name.')
+          '`experiment_name`.')
 
   def _transaction(self, mode: str = 'IMMEDIATE'):
     """A write (IMMEDIATE) or read (DEFERRED) transaction: one snapshot, one
@@ -164,7 +164,7 @@ class ClientStateStore:
       raise ClientStateError(
           f'{self.path}: this run was trained on another {what} ({row[0][:12]}, now '
           f'{value[:12]}). Resuming would mix the two: restore the {what} the run started '
-          'with, or start a new run with another --experiment_name. Nothing was changed.')
+          'with, or start a new run with another `experiment_name`. Nothing was changed.')
 
   def _latest(self, columns: str, client_ids: Sequence[str], before_round: int) -> list:
     """`columns` of each client's latest row before `before_round` (None if it
@@ -190,7 +190,7 @@ class ClientStateStore:
       raise ClientStateError(
           f'{self.path}: the personal weights of client {client_id!r} (round {round_num}) '
           f'are corrupt ({error}). Restore the store from a backup, or start a new run '
-          'with another --experiment_name. Nothing was changed.')
+          'with another `experiment_name`. Nothing was changed.')
     return weights
 
   def read(self, client_ids: Sequence[str], before_round: int) -> list[ModelWeights]:

@@ -25,16 +25,16 @@ def parse_source(source: str) -> tuple[str, str]:
   """
   kind, _, arg = source.partition(':')
   if kind not in ('metadata', 'csv', 'kmeans') or (kind != 'metadata' and not arg):
-    raise ValueError(f'--groups must be metadata, csv:PATH or kmeans:K, got {source!r}')
+    raise ValueError(f'`groups` must be metadata, csv:PATH or kmeans:K, got {source!r}')
   if kind == 'kmeans' and (not arg.isdigit() or int(arg) < 1):
-    raise ValueError(f'--groups=kmeans:K needs an integer K >= 1, got {arg!r}')
+    raise ValueError(f'`groups=kmeans:K` needs an integer K >= 1, got {arg!r}')
   return kind, arg
 
 
 def read_groups_csv(path: str) -> dict[str, str]:
   """Raises FileNotFoundError / ValueError naming the file and what is wrong."""
   if not os.path.isfile(path):
-    raise FileNotFoundError(f'--groups=csv:{path}: no such file')
+    raise FileNotFoundError(f'`groups=csv:{path}`: no such file')
   table = pd.read_csv(path, dtype=str)
   if not {'client_id', 'group'} <= set(table.columns):
     raise ValueError(f'{path}: needs columns client_id,group; has {list(table.columns)}')
@@ -48,7 +48,7 @@ def kmeans_groups(histograms: dict[str, np.ndarray], k: int, seed: int) -> dict[
   """Clusters clients by their normalized label histograms (k-means++, scipy)."""
   ids = sorted(histograms)
   if k > len(ids):
-    raise ValueError(f'--groups=kmeans:{k}: only {len(ids)} clients')
+    raise ValueError(f'`groups=kmeans:{k}`: only {len(ids)} clients')
   x = np.stack([histograms[c] / max(histograms[c].sum(), 1) for c in ids]).astype(np.float64)
   _, labels = vq.kmeans2(x, k, minit='++', seed=seed)
   return {c: f'cluster{label}' for c, label in zip(ids, labels)}
@@ -73,7 +73,7 @@ def load_groups(source: str, client_ids: Sequence[str], *,
   kind, arg = parse_source(source)
   if kind == 'metadata':
     if metadata_fn is None:
-      raise ValueError('this task has no metadata groups; use --groups=csv:PATH or kmeans:K')
+      raise ValueError('this task has no metadata groups; use `groups=csv:PATH` or `groups=kmeans:K`')
     groups = metadata_fn()
   elif kind == 'csv':
     groups = read_groups_csv(arg)
@@ -81,6 +81,6 @@ def load_groups(source: str, client_ids: Sequence[str], *,
     groups = kmeans_groups(histograms_fn(client_ids), int(arg), seed)
   missing = [c for c in client_ids if c not in groups]
   if missing:
-    raise ValueError(f'--groups={source}: {len(missing)} clients have no group, '
+    raise ValueError(f'`groups={source}`: {len(missing)} clients have no group, '
                      f'e.g. {missing[0]!r}')
   return {c: str(groups[c]) for c in client_ids}

@@ -63,11 +63,11 @@ def parse_workers(workers) -> list[str]:
     workers = [w for w in workers.split(',') if w.strip()]
   workers = [w.strip() for w in workers]
   if not workers:
-    raise ValueError('--executor=remote needs --workers=host:port[,host:port...]')
+    raise ValueError('`executor=remote` needs `workers=host:port[,host:port...]`')
   for worker in workers:
     host, _, port = worker.rpartition(':')
     if not host or not port.isdigit():
-      raise ValueError(f'--workers entry {worker!r} is not host:port')
+      raise ValueError(f'`workers` entry {worker!r} is not host:port')
   return workers
 
 
@@ -81,7 +81,7 @@ def _worker_context(target: str, timeout_seconds: float):
     raise WorkerUnavailableError(
         f'no TFF worker answers at {target} within {timeout_seconds:.0f} s. Start one on that '
         f'machine with `bazel run //runners:worker -- --port={port}` (see docs/executors.md), '
-        'or fix --workers.') from e
+        'or fix `workers`.') from e
   stub = remote_executor_grpc_stub.RemoteExecutorGrpcStub(channel)
 
   def stack_fn(cardinalities):

@@ -107,11 +107,11 @@ class RobustAggregationFactory(tff.aggregators.WeightedAggregationFactory):
       ValueError: unknown rule, trim_fraction outside [0, 0.5), bucket_size < 1.
     """
     if rule not in RULES:
-      raise ValueError(f'--aggregator must be one of {RULES}, got {rule!r}')
+      raise ValueError(f'unknown aggregation rule {rule!r} (`aggregator`); choose one of {RULES}')
     if not 0 <= trim_fraction < 0.5:
-      raise ValueError(f'--trim_fraction must be in [0, 0.5), got {trim_fraction}')
+      raise ValueError(f'`trim_fraction` must be in [0, 0.5), got {trim_fraction}')
     if bucket_size < 1:
-      raise ValueError(f'--bucket_size must be >= 1, got {bucket_size}')
+      raise ValueError(f'`bucket_size` must be >= 1, got {bucket_size}')
     self._rule = rule
     self._trim_fraction = trim_fraction
     self._bucket_size = bucket_size

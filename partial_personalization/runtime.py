@@ -58,13 +58,13 @@ class ExecutorConfig:
 
   def __post_init__(self):
     if self.executor not in EXECUTORS:
-      raise ValueError(f'--executor must be one of {EXECUTORS}, got {self.executor!r}')
+      raise ValueError(f'`executor` must be one of {EXECUTORS}, got {self.executor!r}')
     if self.workers and self.executor != 'remote':
-      raise ValueError('--workers is for --executor=remote')
+      raise ValueError('`workers` is for `executor=remote`')
     if (self.client_devices or self.server_device) and self.executor != 'accelerated':
-      raise ValueError('--client_devices and --server_device are for --executor=accelerated')
+      raise ValueError('`client_devices` and `server_device` are for `executor=accelerated`')
     if self.max_concurrent_computation_calls != 0 and self.executor != 'local':
-      raise ValueError('--max_concurrent_computation_calls is for --executor=local')
+      raise ValueError('`max_concurrent_computation_calls` is for `executor=local`')
 
 
 _active = ExecutorConfig()

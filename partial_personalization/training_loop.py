@@ -187,7 +187,7 @@ class PersonalizedRunner(RoundRunner):
       raise NonFiniteError(
           f'round {round_num}: clients {bad} trained non-finite personal weights (NaN or '
           'inf); the round was not committed. Lower the learning rates or clip the steps '
-          '(--clip_norm), then resume.')
+          '(`clip_norm`), then resume.')
     if not self.stateless:
       with _writing(self.store.path, self.store):
         self.store.write(round_num, client_ids, new_personal)
@@ -286,8 +286,8 @@ def check_total_rounds(store: client_state.ClientStateStore, total_rounds: int) 
   if committed > total_rounds:
     raise CheckpointError(
         f'{store.path}: round {committed} is committed, past total_rounds={total_rounds}. '
-        f'Resume with --total_rounds >= {committed}, or start a new run with another '
-        '--experiment_name. Nothing was changed.')
+        f'Resume with `total_rounds` >= {committed}, or start a new run with another '
+        '`experiment_name`. Nothing was changed.')
 
 
 def _verify_saved_state(checkpoint_dir: str, store, total_rounds: int,
@@ -299,7 +299,7 @@ def _verify_saved_state(checkpoint_dir: str, store, total_rounds: int,
         f'{checkpoint_dir} holds checkpoints of rounds {sorted(versions)} but {store.path} '
         'has no committed round: the personal-state store (the commit record) was '
         'deleted or replaced. Restore it, or start a new run with another '
-        '--experiment_name. Nothing was deleted.')
+        '`experiment_name`. Nothing was deleted.')
   check_total_rounds(store, total_rounds)
   expected = store.checkpoint_hash(committed) if committed else None
   if expected:
@@ -310,7 +310,7 @@ def _verify_saved_state(checkpoint_dir: str, store, total_rounds: int,
           f'cannot resume: {path} is not the checkpoint committed for round {committed} '
           f'in {store.path} (content hash {actual and actual[:12]} != {expected[:12]}): '
           'it was modified, replaced or copied from another round or run. Restore it, '
-          'or start a new run with another --experiment_name. Nothing was deleted.')
+          'or start a new run with another `experiment_name`. Nothing was deleted.')
 
 
 def _run_training(runner, *, run_dir, store, client_ids, make_dataset, total_rounds,
@@ -332,7 +332,7 @@ def _run_training(runner, *, run_dir, store, client_ids, make_dataset, total_rou
           f'cannot resume: round {committed} is committed in {store.path} but its '
           f'checkpoint {path} is missing or unreadable ({type(e).__name__}: {e}). '
           'Restore that directory, or start a new run with another '
-          '--experiment_name. Nothing was deleted.') from e
+          '`experiment_name`. Nothing was deleted.') from e
     logging.info('Resuming after round %d from %s', committed, path)
   # Leftovers of an interrupted round: checkpoints and personal rows past the
   # commit, and the state manager's temporary folders of an interrupted save.
@@ -363,7 +363,7 @@ def _run_training(runner, *, run_dir, store, client_ids, make_dataset, total_rou
         raise NonFiniteError(
             f'round {round_num}: the shared weights are not finite (NaN or inf) after the '
             f'update of clients {ids}; the round was not committed. Lower the learning '
-            'rates or clip the steps (--clip_norm), then resume.')
+            'rates or clip the steps (`clip_norm`), then resume.')
       flat = {f'train/{k}': v for k, v in flatten_metrics(metrics).items()}
       if eval_fn is not None and rounds_per_eval and (
           round_num % rounds_per_eval == 0 or round_num == total_rounds):

@@ -128,10 +128,10 @@ def _round_inputs(task, settings: Settings, case: Case, round_num: int):
 
 
 def _eval_inputs(task, settings: Settings):
-  from runners import train_lib  # pylint: disable=g-import-not-at-top
+  from runners import population_lib  # pylint: disable=g-import-not-at-top
   ids = sorted(set(task.train_data.client_ids) & set(task.test_data.client_ids))
   ids = ids[:settings.eval_clients]
-  return ids, train_lib.eval_datasets(task, 'test', ids)
+  return ids, population_lib.eval_datasets(task, 'test', ids)
 
 
 def _stacked(dataset):
@@ -243,12 +243,13 @@ def _tff_rounds(task, config, settings: Settings, case: Case, run_dir: str, work
   """(wall, CPU) seconds of each timed round through the training loop's
   runner (or of one evaluation call), and the workers' peak memory (KiB)."""
   from partial_personalization import client_state  # pylint: disable=g-import-not-at-top
-  from runners import train_lib  # pylint: disable=g-import-not-at-top
-  named_init = train_lib.initial_named_weights(task, config)
+  from runners import builders_lib  # pylint: disable=g-import-not-at-top
+  from runners import weights_lib  # pylint: disable=g-import-not-at-top
+  named_init = weights_lib.initial_named_weights(task, config)
   _, initial_personal = task.partition.split(named_init)
   store = client_state.ClientStateStore(os.path.join(run_dir, 'client_state.sqlite'),
                                         initial_personal)
-  runner = train_lib.build_runner(config, task, named_init, store)
+  runner = builders_lib.build_runner(config, task, named_init, store)
   state = runner.initialize()
   pids = list(worker_pids) + _worker_pids()
 

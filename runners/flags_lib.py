@@ -3,6 +3,7 @@
 import contextlib
 import dataclasses
 import os
+import re
 import signal
 import sys
 from typing import Optional
@@ -175,12 +176,29 @@ USER_ERRORS = (ValueError, OSError,
                client_state.ClientStateError, run_lock.LockedError)
 
 
+_ARGUMENT = re.compile(r'`([a-z][a-z0-9_]*)(=[^`]*)?`')
+
+
+def as_flags(message: str) -> str:
+  """A library message with its arguments named as this binary's flags.
+
+  The library names arguments in backquotes (`trim_fraction`,
+  `groups=kmeans:K`); where a flag of that name is defined, the user sees the
+  flag (--trim_fraction, --groups=kmeans:K). Other backquoted text is kept.
+  """
+  def flag(match):
+    return f'--{match.group(1)}{match.group(2) or ""}' if match.group(1) in FLAGS else match.group(0)
+
+  return _ARGUMENT.sub(flag, message)
+
+
 def exit_on_user_error(fn, *args, **kwargs):
-  """Calls fn; on a user error prints `error: <message>` and exits with 2."""
+  """Calls fn; on a user error prints `error: <message>` (arguments named as
+  flags, `as_flags`) and exits with 2."""
   try:
     return fn(*args, **kwargs)
   except USER_ERRORS as e:
-    print(f'error: {e}', file=sys.stderr)
+    print(f'error: {as_flags(str(e))}', file=sys.stderr)
     sys.exit(2)
 
 

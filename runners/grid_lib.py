@@ -25,6 +25,7 @@ import pandas as pd
 from partial_personalization import evaluation
 from partial_personalization import plots
 from partial_personalization import runtime
+from runners import builders_lib
 from runners import config_lib
 from runners import train_lib
 from tasks import registry
@@ -308,7 +309,7 @@ def write_outputs(cells: Sequence[Cell], common: dict, rounds: int) -> tuple[pd.
       with open(os.path.join(report, 'summary.json')) as f:
         summaries[cell.name] = json.load(f)
       if summaries[cell.name].get('personal_parameters') is None:  # reports before it was stored
-        summaries[cell.name]['personal_parameters'] = train_lib.parameter_counts(
+        summaries[cell.name]['personal_parameters'] = builders_lib.parameter_counts(
             cell_config(cell, common, rounds))[1]
       frames[cell.name] = pd.read_csv(os.path.join(report, 'per_client.csv'), index_col=0)
       # The gate is recomputed from the stored heldout results, so every cell

@@ -34,8 +34,12 @@ from partial_personalization import evaluation
 from partial_personalization import personalized_process
 from partial_personalization import plots
 from partial_personalization import runtime
+from runners import builders_lib
 from runners import config_lib
+from runners import population_lib
+from runners import report_lib
 from runners import train_lib
+from runners import weights_lib
 
 VARIANTS = ('global', 'global_local', 'global_group', 'global_group_local')
 CONTROL_VARIANTS = ('global_extra', 'global_extra_local')
@@ -112,7 +116,7 @@ def _population(common: dict, settings: GroupSettings) -> tuple:
   probe = _config(common, 'global', algorithm='fedavg', personalization='none',
                   groups=settings.groups)
   task = config_lib.create_task(probe)
-  return probe, task, train_lib.client_groups(task, probe)
+  return probe, task, population_lib.client_groups(task, probe)
 
 
 def _clients_per_round(common: dict, size: int) -> int:
@@ -180,23 +184,23 @@ def _finetune_and_evaluate(common: dict, settings: GroupSettings, model_dirs: di
                    finetune_epochs=settings.finetune_epochs, finetune_personalization=part)
   task = config_lib.create_task(config, personalization=part)
   metric = task.report_metric
-  finetune = train_lib.build_finetuning(config, task, settings.finetune_epochs)
-  evaluate = train_lib.build_evaluation(task)
+  finetune = builders_lib.build_finetuning(config, task, settings.finetune_epochs)
+  evaluate = builders_lib.build_evaluation(task)
   start, tuned = [], []
   by_model = pd.Series(assignment).groupby(lambda c: assignment[c])
   with tqdm.tqdm(total=2 * len(assignment), desc='local finetuning', unit='client',
                  disable=not progress) as bar:
     for key, clients in by_model:
       ids = sorted(clients.index)
-      named = task.complete_weights_fn(train_lib.load_init_weights(model_dirs[key]),
+      named = task.complete_weights_fn(weights_lib.load_init_weights(model_dirs[key]),
                                        task.partition.shapes)
       u, v0 = task.partition.split(named)
-      test_sets = train_lib.eval_datasets(task, 'test', ids)
+      test_sets = population_lib.eval_datasets(task, 'test', ids)
       start.append(evaluation.evaluate_clients(evaluate, u, [v0] * len(ids), test_sets, ids,
                                                metric, progress=bar.update))
       personal = [v0] * len(ids)
       if settings.finetune_epochs:
-        personal = train_lib.finetune_clients(finetune, task, config, u, personal, ids)
+        personal = report_lib.finetune_clients(finetune, task, config, u, personal, ids)
       tuned.append(evaluation.evaluate_clients(evaluate, u, personal, test_sets, ids, metric,
                                                progress=bar.update))
   return pd.concat(start), pd.concat(tuned)
@@ -225,7 +229,7 @@ def local_stage(common: dict, settings: GroupSettings, global_dir: str,
   accuracy of each of `VARIANTS` (and `CONTROL_VARIANTS` from `extra_dir`),
   its group and test tokens."""
   probe, task, groups = population or _population(common, settings)
-  ids = train_lib.report_client_ids(task, probe)
+  ids = population_lib.report_client_ids(task, probe)
   metric = task.report_metric
   if settings.local_algorithm == 'finetune':
     _restart_runtime()

@@ -65,7 +65,8 @@ def _profile_in_child(settings: ProfileSettings, queue) -> None:
   from partial_personalization import client_state, runtime, training_loop  # pylint: disable=g-import-not-at-top
   import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
   from runners import config_lib  # pylint: disable=g-import-not-at-top
-  from runners import train_lib  # pylint: disable=g-import-not-at-top
+  from runners import builders_lib  # pylint: disable=g-import-not-at-top
+  from runners import weights_lib  # pylint: disable=g-import-not-at-top
   rows = []
 
   def add(stage, part, seconds, per, note=''):
@@ -98,7 +99,7 @@ def _profile_in_child(settings: ProfileSettings, queue) -> None:
             f'{np.mean([len(g) for g in graphs]) / 1024:.0f} KB per client')
 
       # Store reads and writes of a round.
-      named_init = train_lib.initial_named_weights(task, config)
+      named_init = weights_lib.initial_named_weights(task, config)
       _, v0 = task.partition.split(named_init)
       store = client_state.ClientStateStore(os.path.join(tmp, 'store.sqlite'), v0)
       (wall, _), _ = _timed(lambda: store.write(1, ids, [v0] * n), settings.repeats)
@@ -107,7 +108,7 @@ def _profile_in_child(settings: ProfileSettings, queue) -> None:
       add('train', 'store read', wall, n)
 
       # The TFF call: fixed and per-batch CPU from rounds of 1 and max_batches batches.
-      runner = train_lib.build_runner(config, task, named_init, store)
+      runner = builders_lib.build_runner(config, task, named_init, store)
       state = runner.initialize()
       pids = benchmark_lib._worker_pids()  # pylint: disable=protected-access
       cpu_all = lambda: benchmark_lib.process_cpu_seconds() + sum(

@@ -15,6 +15,7 @@ import tensorflow_federated as tff
 from partial_personalization import partition as partition_lib
 from runners import config_lib
 from runners import train_lib
+from runners import weights_lib
 from tasks.emnist import convert_lib
 from tasks.emnist import model as model_lib
 from tasks.emnist import task as emnist_task
@@ -224,7 +225,7 @@ def test_init_checkpoint_loads_matching_backbone(cache_dir, tmp_path, suffix):
                                  width_multiplier=0.25, init_checkpoint=path)
   task = config_lib.create_task(config)
   fresh = task.initial_weights(config.seed)
-  named = train_lib.initial_named_weights(task, config)
+  named = weights_lib.initial_named_weights(task, config)
   for v in pretrained.variables:
     if v.name.startswith('head/'):
       assert named[v.name].shape != v.shape
@@ -234,7 +235,7 @@ def test_init_checkpoint_loads_matching_backbone(cache_dir, tmp_path, suffix):
   unrelated = str(tmp_path / 'other.npz')
   partition_lib.save_named_weights(unrelated, {'x:0': np.zeros(3)})
   with pytest.raises(ValueError, match='shares no variable'):
-    train_lib.initial_named_weights(task, dataclasses.replace(config, init_checkpoint=unrelated))
+    weights_lib.initial_named_weights(task, dataclasses.replace(config, init_checkpoint=unrelated))
 
 
 def test_task_flags_are_checked():

@@ -262,11 +262,11 @@ def test_remote_bad_workers_flag(workers, message):
 
 
 def test_executor_flags_checked():
-  with pytest.raises(ValueError, match='--executor must be one of'):
+  with pytest.raises(ValueError, match='`executor` must be one of'):
     runtime.ExecutorConfig('gpu')
-  with pytest.raises(ValueError, match='--workers is for --executor=remote'):
+  with pytest.raises(ValueError, match='`workers` is for `executor=remote`'):
     runtime.ExecutorConfig('local', workers=('a:1',))
-  with pytest.raises(ValueError, match='are for --executor=accelerated'):
+  with pytest.raises(ValueError, match='are for `executor=accelerated`'):
     runtime.ExecutorConfig('remote', workers=('a:1',), client_devices=('GPU:0',))
 
 

@@ -84,7 +84,7 @@ def test_workaround_reads_tff_cache(fixture):
 
 def test_bad_options_are_named(fixture):
   cache_dir, _ = fixture
-  with pytest.raises(ValueError, match='needs --model=resnet18'):
+  with pytest.raises(ValueError, match='needs `model=resnet18`'):
     gldv2_task.create_task(cache_dir, model='mobilenet_v2', personalization='adapter')
   with pytest.raises(ValueError, match='crop_size'):
     gldv2_task.create_task(cache_dir, image_size=32, crop_size=40)

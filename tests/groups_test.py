@@ -54,7 +54,7 @@ def test_csv_groups_and_their_errors(tmp_path):
   with pytest.raises(FileNotFoundError, match='no such file'):
     groups_lib.read_groups_csv(str(tmp_path / 'missing.csv'))
   for bad in ('site', 'kmeans:0', 'csv:'):
-    with pytest.raises(ValueError, match='--groups'):
+    with pytest.raises(ValueError, match='`groups'):
       groups_lib.parse_source(bad)
 
 

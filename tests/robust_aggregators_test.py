@@ -106,7 +106,7 @@ def test_bucketing_ignores_the_order_clients_arrive_in():
 
 
 @pytest.mark.parametrize('kwargs,error', [
-    (dict(rule='mode'), 'must be one of'),
+    (dict(rule='mode'), 'unknown aggregation rule'),
     (dict(rule='trimmed_mean', trim_fraction=0.5), 'trim_fraction'),
     (dict(rule='median', bucket_size=0), 'bucket_size'),
 ])

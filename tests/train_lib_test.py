@@ -11,8 +11,11 @@ import pytest
 from partial_personalization import client_state
 from partial_personalization import integrity
 from partial_personalization import partition as partition_lib
+from runners import builders_lib
 from runners import config_lib
+from runners import report_lib
 from runners import train_lib
+from runners import weights_lib
 import testing_models as tm
 
 
@@ -23,7 +26,7 @@ def _config(**kwargs):
 def _count_builds(configs, what):
   builds, test = [], uuid.uuid4().hex  # A fresh key space for each count.
   for config in configs:
-    train_lib.memoized(what, config, lambda: builds.append(1) or len(builds), test=test)
+    builders_lib.memoized(what, config, lambda: builds.append(1) or len(builds), test=test)
   return len(builds)
 
 
@@ -111,7 +114,7 @@ def test_init_from_a_run_of_another_model_is_an_error(two_sites_cache_dir, tmp_p
   partition_lib.save_named_weights(other, {'conv2d/kernel': np.zeros([3, 3, 1, 32], np.float32)})
   config = _real(two_sites_cache_dir, tmp_path, init_from=other)
   with pytest.raises(ValueError, match='shares no variable with this model'):
-    train_lib.initial_named_weights(config_lib.create_task(config), config)
+    weights_lib.initial_named_weights(config_lib.create_task(config), config)
 
 
 def test_a_run_refuses_to_resume_on_other_data(two_sites_cache_dir, tmp_path):
@@ -148,13 +151,13 @@ def test_baseline_evaluation_cache_follows_the_baseline_model(two_sites_cache_di
     return pd.DataFrame({metric: score, 'loss': score, 'tokens': 1.0},
                         index=pd.Index(client_ids, name='client_id'))
 
-  monkeypatch.setattr(train_lib.evaluation, 'evaluate_clients', fake_evaluate)
+  monkeypatch.setattr(report_lib.evaluation, 'evaluate_clients', fake_evaluate)
   bar = type('Bar', (), {'update': lambda self, n: None,
                          'set_description': lambda self, d: None})()
 
   def baseline_score(weights):
     partition_lib.save_named_weights(str(baseline / 'model.npz'), weights)
-    results = train_lib._baseline_results(  # pylint: disable=protected-access
+    results = report_lib.baseline_results(
         config, task, weights, named, {'test': (ids, [None] * len(ids))}, bar,
         evaluate=object())
     return results['test'][task.report_metric].iloc[0]

@@ -95,7 +95,7 @@ def create_model(name: str, *, num_classes: int, adapters: bool, dropout: float,
                                 width_multiplier=width_multiplier))
   if name == 'resnet18':
     if dropout:
-      raise ValueError('--dropout applies to --model=cnn; the ResNet-18 has no dropout')
+      raise ValueError('`dropout` applies to `model=cnn`; the ResNet-18 has no dropout')
     return resnet.create_resnet18(resnet.ResNetConfig(
         input_shape=INPUT_SHAPE, num_classes=num_classes, stem='small', adapters=adapters,
         width_multiplier=width_multiplier))

@@ -63,11 +63,11 @@ def create_task(
     ValueError: unknown model or partition, or a bad fraction.
   """
   if model not in model_lib.PARTITIONS:
-    raise ValueError(f'unknown EMNIST --model {model!r}; choose one of {list(MODELS)}')
+    raise ValueError(f'unknown EMNIST `model` {model!r}; choose one of {list(MODELS)}')
   registry = model_lib.PARTITIONS[model]
   partition_fn = registry.get(personalization)
   if not 0 < heldout_fraction < 1:
-    raise ValueError(f'--heldout_fraction must be in (0, 1), got {heldout_fraction}')
+    raise ValueError(f'`heldout_fraction` must be in (0, 1), got {heldout_fraction}')
   database = os.path.join(cache_dir, convert_lib.DATABASE_FILENAME)
   if not os.path.isfile(database):
     # TFF's loader would try to download it; offline that hangs or fails late.

@@ -46,7 +46,7 @@ def load_train_data(cache_dir: str, variant: str = 'gld23k') -> tff.simulation.d
   path = train_dir(cache_dir, variant)
   if not os.path.isdir(path) or not os.listdir(path):
     raise FileNotFoundError(
-        f'no GLDv2 cache at {path}. Point --cache_dir at the folder holding {VARIANTS[variant]}/'
+        f'no GLDv2 cache at {path}. Point `cache_dir` at the folder holding {VARIANTS[variant]}/'
         'train/<user_id> TFRecords, as written by tff.simulation.datasets.gldv2.load_data '
         '(run it once on a machine with network access, then copy the folder); see docs/data.md')
   load_tfrecord = functools.partial(vision_datasets_utils.load_tfrecord, logger_tag=gldv2.LOGGER)

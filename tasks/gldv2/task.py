@@ -57,14 +57,14 @@ def create_model(name: str, *, num_classes: int, crop_size: int, adapters: bool,
   shape = (crop_size, crop_size, 3)
   if name == 'resnet18':
     if dropout:
-      raise ValueError('--dropout applies to --model=mobilenet_v2; the ResNet-18 has none')
+      raise ValueError('`dropout` applies to `model=mobilenet_v2`; the ResNet-18 has none')
     return resnet.create_resnet18(resnet.ResNetConfig(
         input_shape=shape, num_classes=num_classes, stem='imagenet', adapters=adapters,
         width_multiplier=width_multiplier))
   if name == 'mobilenet_v2':
     if adapters:
       raise ValueError("MobileNetV2 has no adapters; use personalization 'stem', 'head', "
-                       "'representation' or 'full', or --model=resnet18")
+                       "'representation' or 'full', or `model=resnet18`")
     return tff.simulation.models.mobilenet_v2.create_mobilenet_v2(
         input_shape=shape, alpha=width_multiplier, num_groups=2, num_classes=num_classes,
         dropout_prob=dropout or None)
@@ -112,13 +112,13 @@ def create_task(
     FileNotFoundError: no cache at `cache_dir`. ValueError: bad options.
   """
   if model not in PARTITIONS:
-    raise ValueError(f'unknown GLDv2 --model {model!r}; choose one of {sorted(PARTITIONS)}')
+    raise ValueError(f'unknown GLDv2 `model` {model!r}; choose one of {sorted(PARTITIONS)}')
   registry = PARTITIONS[model]
   partition_fn = registry.get(personalization)
   if not 0 < crop_size <= image_size:
-    raise ValueError(f'need 0 < --crop_size <= --image_size, got {crop_size} and {image_size}')
+    raise ValueError(f'need 0 < `crop_size` <= `image_size`, got {crop_size} and {image_size}')
   if not 0 < heldout_fraction < 1:
-    raise ValueError(f'--heldout_fraction must be in (0, 1), got {heldout_fraction}')
+    raise ValueError(f'`heldout_fraction` must be in (0, 1), got {heldout_fraction}')
   train_all = data_lib.load_train_data(cache_dir, variant)
   h = heldout_fraction * (1 - TEST_FRACTION)
   test, heldout, train = splits.split_client_data(
@@ -127,7 +127,7 @@ def create_task(
                  width_multiplier=width_multiplier, dropout=dropout, adapters=False)
   options.update(registry.model_overrides(personalization))
   if options['adapters'] and model != 'resnet18':
-    raise ValueError("personalization 'adapter' needs --model=resnet18 (MobileNetV2 has no "
+    raise ValueError("personalization 'adapter' needs `model=resnet18` (MobileNetV2 has no "
                      'adapters)')
 
   def train_map_fn(element, seed):

@@ -260,7 +260,7 @@ def _adapter(model):
     if not block.adapters:
       raise ValueError(
           "personalization 'adapter' needs a model with adapters: set "
-          '--adapter_size to a positive size (the paper uses 16 or 64)'
+          '`adapter_size` to a positive size (the paper uses 16 or 64)'
       )
     for adapter in block.adapters:
       personal += adapter.variables

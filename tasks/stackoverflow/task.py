@@ -109,7 +109,7 @@ def create_task(
     raise ValueError(f'unknown model_size {model_size!r}; choose one of {list(model_lib.MODEL_SIZES)}')
   partition_fn = PARTITIONS.get(personalization)
   if personalization == 'adapter' and adapter_size <= 0:
-    raise ValueError("personalization 'adapter' needs --adapter_size > 0 (the paper uses 16 or 64)")
+    raise ValueError("personalization 'adapter' needs `adapter_size` > 0 (the paper uses 16 or 64)")
   vocab = convert_lib.load_vocab(cache_dir, vocab_size)
   if not os.path.isfile(os.path.join(cache_dir, convert_lib.DATABASE_FILENAME)):
     raise FileNotFoundError(f'{cache_dir}/{convert_lib.DATABASE_FILENAME} not found; run the converter first.')

@@ -198,7 +198,7 @@ def register_partitions(registry: partition_lib.PartitionRegistry, *,
     """Residual adapters of every block plus every normalization layer."""
     if not adapters_supported:
       raise ValueError("this model has no adapters; use personalization 'stem', 'head' or "
-                       "'full', or --model=resnet18")
+                       "'full', or `model=resnet18`")
     personal = [v for layer in model.layers if is_norm(layer) or '/adapter' in layer.name
                 for v in layer.variables]
     if not any('/adapter' in v.name for v in personal):
