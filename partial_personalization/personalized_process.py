@@ -56,11 +56,18 @@ def _types(model_fn: ModelFn, algorithm: str, full: bool = False):
   return shared_type, personal_type, data_type
 
 
-def _compose(model_fn: ModelFn, client_update: tff.Computation, *, loss_fn: LossFn,
+def compose_with_defaults(model_fn: ModelFn, client_update: tff.Computation, *, loss_fn: LossFn,
              metrics_fn: MetricsFn, server_optimizer: Optional[Optimizer], model_aggregator,
              distributor, metrics_aggregator, client_weighting, evaluation_loss_fn,
              full: bool = False) -> PersonalizedProcess:
-  """The default parts (or the given ones) around `client_update`."""
+  """A `PersonalizedProcess` of `client_update` (TF computation `(u, v_i, data)
+  -> client_work.ClientOutput`) with TFF's default parts, or the given ones.
+
+  What every `build_<algorithm>_process` ends with; a new algorithm's builder
+  does the same (docs/design.md, "How to add an algorithm"). Arguments as in
+  the builders (see `_PARTS_DOC`); `full`: v_i is a whole model of u's type
+  (evaluated alone).
+  """
   shared_type = client_update.type_signature.parameter[0]
   server_optimizer = server_optimizer or tff.learning.optimizers.build_sgdm(1.0)
   model_aggregator = model_aggregator or tff.aggregators.MeanFactory()
@@ -138,7 +145,7 @@ def build_fedalt_process(
       client_optimizer=client_optimizer,
       personal_optimizer=personal_optimizer or client_optimizer, tau_u=tau_u, tau_v=tau_v,
       local_unit=local_unit, personal_l2=personal_l2)
-  return _compose(model_fn, update, loss_fn=loss_fn, metrics_fn=metrics_fn,
+  return compose_with_defaults(model_fn, update, loss_fn=loss_fn, metrics_fn=metrics_fn,
                   server_optimizer=server_optimizer, model_aggregator=model_aggregator,
                   distributor=distributor, metrics_aggregator=metrics_aggregator,
                   client_weighting=client_weighting, evaluation_loss_fn=evaluation_loss_fn)
@@ -160,7 +167,7 @@ def build_fedsim_process(
       client_optimizer=client_optimizer,
       personal_optimizer=personal_optimizer or client_optimizer, tau_u=tau, tau_v=0,
       local_unit=local_unit, personal_l2=personal_l2)
-  return _compose(model_fn, update, loss_fn=loss_fn, metrics_fn=metrics_fn,
+  return compose_with_defaults(model_fn, update, loss_fn=loss_fn, metrics_fn=metrics_fn,
                   server_optimizer=server_optimizer, model_aggregator=model_aggregator,
                   distributor=distributor, metrics_aggregator=metrics_aggregator,
                   client_weighting=client_weighting, evaluation_loss_fn=evaluation_loss_fn)
@@ -183,7 +190,7 @@ def build_ffgg_process(
       personal_type=personal_type, data_type=data_type, client_optimizer=client_optimizer,
       personal_optimizer=personal_optimizer or client_optimizer, tau_v=finetune_steps,
       local_steps=local_steps)
-  return _compose(model_fn, update, loss_fn=loss_fn, metrics_fn=metrics_fn,
+  return compose_with_defaults(model_fn, update, loss_fn=loss_fn, metrics_fn=metrics_fn,
                   server_optimizer=server_optimizer, model_aggregator=model_aggregator,
                   distributor=distributor, metrics_aggregator=metrics_aggregator,
                   client_weighting=client_weighting, evaluation_loss_fn=evaluation_loss_fn)
@@ -205,7 +212,7 @@ def build_ditto_process(
       data_type=data_type, client_optimizer=client_optimizer,
       personal_optimizer=personal_optimizer or client_optimizer,
       prox_strength=prox_strength, tau_u=tau_u, tau_v=tau_v, local_unit=local_unit)
-  return _compose(model_fn, update, loss_fn=loss_fn, metrics_fn=metrics_fn,
+  return compose_with_defaults(model_fn, update, loss_fn=loss_fn, metrics_fn=metrics_fn,
                   server_optimizer=server_optimizer, model_aggregator=model_aggregator,
                   distributor=distributor, metrics_aggregator=metrics_aggregator,
                   client_weighting=client_weighting, evaluation_loss_fn=evaluation_loss_fn,
@@ -229,7 +236,7 @@ def build_pfedme_process(
       personal_optimizer=personal_optimizer or client_optimizer,
       prox_strength=prox_strength, inner_steps=inner_steps, tau_u=tau_u,
       local_unit=local_unit)
-  return _compose(model_fn, update, loss_fn=loss_fn, metrics_fn=metrics_fn,
+  return compose_with_defaults(model_fn, update, loss_fn=loss_fn, metrics_fn=metrics_fn,
                   server_optimizer=server_optimizer, model_aggregator=model_aggregator,
                   distributor=distributor, metrics_aggregator=metrics_aggregator,
                   client_weighting=client_weighting, evaluation_loss_fn=evaluation_loss_fn,

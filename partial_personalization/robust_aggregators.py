@@ -17,7 +17,7 @@ the update), the server part then reduces it. The matrix costs n * P * 4 bytes
 at the server (50 clients of the 5.7M-parameter transformer: 1.1 GB).
 
 The factories are `WeightedAggregationFactory`s, so they plug into
-`build_personalized_process(model_aggregator=...)` (FedAlt, FedSim, FFGG,
+every `build_<algorithm>_process(model_aggregator=...)` (FedAlt, FedSim, FFGG,
 Ditto, pFedMe) and TFF's `build_weighted_fed_avg(model_aggregator=...)`.
 median and trimmed_mean ignore the weights: a Byzantine client could claim any
 weight (Yin et al. also aggregate unweighted).

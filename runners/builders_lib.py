@@ -72,6 +72,20 @@ def build_runner(config, task, named_init, store, *, population=None,
       split_rounds=runtime.splits_rounds())
 
 
+# Each algorithm's own hyperparameters: its builder's keyword -> the
+# `TrainConfig` field (flag) that sets it. A builder takes no others.
+ALGORITHM_SETTINGS = {
+    'fedalt': dict(tau_u='tau_u', tau_v='tau_v', local_unit='local_unit',
+                   personal_l2='personal_l2'),
+    'fedsim': dict(tau='tau_u', local_unit='local_unit', personal_l2='personal_l2'),
+    'ffgg': dict(finetune_steps='tau_v', local_steps='local_steps'),
+    'ditto': dict(prox_strength='prox_strength', tau_u='tau_u', tau_v='tau_v',
+                  local_unit='local_unit'),
+    'pfedme': dict(prox_strength='prox_strength', inner_steps='inner_steps', tau_u='tau_u',
+                   local_unit='local_unit'),
+}
+
+
 def _build_process(config, task):
   """The TFF process of `config.algorithm` (TFF's FedAvg or FedRecon, or ours)."""
   client_opt = optimizers.build_optimizer(
@@ -96,17 +110,8 @@ def _build_process(config, task):
         reconstruction_optimizer_fn=personal_optimizer(config),
         dataset_split_fn=tff.learning.models.ReconstructionModel.build_dataset_split_fn(
             recon_epochs=config.tau_v, post_recon_epochs=config.tau_u, split_dataset=False))
-  own = {  # Each algorithm's own hyperparameters (its builder takes no others).
-      'fedalt': dict(tau_u=config.tau_u, tau_v=config.tau_v, local_unit=config.local_unit,
-                     personal_l2=config.personal_l2),
-      'fedsim': dict(tau=config.tau_u, local_unit=config.local_unit,
-                     personal_l2=config.personal_l2),
-      'ffgg': dict(finetune_steps=config.tau_v, local_steps=config.local_steps),
-      'ditto': dict(prox_strength=config.prox_strength, tau_u=config.tau_u,
-                    tau_v=config.tau_v, local_unit=config.local_unit),
-      'pfedme': dict(prox_strength=config.prox_strength, inner_steps=config.inner_steps,
-                     tau_u=config.tau_u, local_unit=config.local_unit),
-  }[config.algorithm]
+  own = {keyword: getattr(config, field)
+         for keyword, field in ALGORITHM_SETTINGS[config.algorithm].items()}
   return personalized_process.BUILDERS[config.algorithm](
       task.reconstruction_model_fn, loss_fn=task.loss_fn, metrics_fn=task.metrics_fn,
       client_optimizer=client_opt, personal_optimizer=personal_optimizer(config),

@@ -23,13 +23,12 @@ from partial_personalization import robust_aggregators
 from partial_personalization import task as task_lib
 from tasks import registry
 
+# TFF's own algorithms; ours are `personalized_process.BUILDERS` (read when a
+# config is checked, so an algorithm registered there is known here).
 # fedrecon: TFF's `build_fed_recon` (stateless, FedAlt-style).
-ALGORITHMS = ('fedavg', 'fedrecon') + personalized_process.ALGORITHMS
+TFF_ALGORITHMS = ('fedavg', 'fedrecon')
 # Algorithms that train whole models: their personalization is 'none'.
 WHOLE_MODEL_ALGORITHMS = ('fedavg',) + personalized_process.FULL_ALGORITHMS
-# Task -> its module and {`create_task` keyword: TrainConfig field} (tasks/registry.py).
-TASKS = {name: spec.module for name, spec in registry.TASKS.items()}
-TASK_OPTIONS = {name: spec.options for name, spec in registry.TASKS.items()}
 SERVER_LR_SCHEDULES = ('constant', 'warmup_decay')
 # --client_weighting -> TFF's weighting of client updates in the mean of u.
 CLIENT_WEIGHTING = {'examples': tff.learning.ClientWeighting.NUM_EXAMPLES,
@@ -109,10 +108,11 @@ class TrainConfig:
   progress: bool = True
 
   def __post_init__(self):
-    if self.algorithm not in ALGORITHMS:
-      raise ValueError(f'--algorithm must be one of {ALGORITHMS}, got {self.algorithm!r}')
-    if self.task not in TASKS:
-      raise ValueError(f'--task must be one of {sorted(TASKS)}, got {self.task!r}')
+    algorithms = algorithm_names()
+    if self.algorithm not in algorithms:
+      raise ValueError(f'--algorithm must be one of {algorithms}, got {self.algorithm!r}')
+    if self.task not in registry.TASKS:
+      raise ValueError(f'--task must be one of {sorted(registry.TASKS)}, got {self.task!r}')
     self._resolve_task_defaults()
     for name in ('client_optimizer', 'server_optimizer'):
       if getattr(self, name) not in optimizers.OPTIMIZERS:
@@ -127,12 +127,12 @@ class TrainConfig:
     if self.stateless and self.algorithm not in personalized_process.PARTIAL_ALGORITHMS:
       raise ValueError('--stateless applies to fedalt, fedsim and ffgg (fedrecon is '
                        'stateless already)')
-    personalized = self.algorithm in personalized_process.ALGORITHMS
+    personalized = self.algorithm in personalized_process.BUILDERS
     if self.local_steps != 1 and self.algorithm != 'ffgg':
       raise ValueError('--local_steps is for --algorithm=ffgg (Local FFGG)')
     if (self.byzantine_fraction or self.asynchronous) and not personalized:
       raise ValueError('--byzantine_fraction and --asynchronous need one of '
-                       f'{personalized_process.ALGORITHMS} (fedavg: fedsim with '
+                       f'{tuple(personalized_process.BUILDERS)} (fedavg: fedsim with '
                        '--personalization=none)')
     if self.byzantine_fraction and self.asynchronous:
       raise ValueError('--byzantine_fraction is not simulated with --asynchronous; use one')
@@ -183,7 +183,7 @@ class TrainConfig:
 
   def _resolve_task_defaults(self):
     """Fills task-dependent defaults; rejects options of another task."""
-    params = inspect.signature(TASKS[self.task].create_task).parameters
+    params = inspect.signature(registry.TASKS[self.task].module.create_task).parameters
     if self.cache_dir is None:
       self.cache_dir = os.path.join('data_cache', self.task)
     if self.personalization is None:
@@ -191,9 +191,9 @@ class TrainConfig:
                               else params['personalization'].default)
     if self.model is None and 'model' in params:
       self.model = params['model'].default
-    used = set(TASK_OPTIONS[self.task].values())
+    used = set(registry.TASKS[self.task].options.values())
     for field in dataclasses.fields(self):
-      other_task = any(field.name in opts.values() for opts in TASK_OPTIONS.values())
+      other_task = any(field.name in spec.options.values() for spec in registry.TASKS.values())
       if other_task and field.name not in used and getattr(self, field.name) != field.default:
         raise ValueError(f'--{field.name} does not apply to --task={self.task}')
 
@@ -202,12 +202,17 @@ class TrainConfig:
     return os.path.join(self.root_output_dir, self.experiment_name)
 
 
+def algorithm_names() -> tuple[str, ...]:
+  """Every `--algorithm`: TFF's, then `personalized_process.BUILDERS`."""
+  return TFF_ALGORITHMS + tuple(personalized_process.BUILDERS)
+
+
 def create_task(config: TrainConfig,
                 personalization: Optional[str] = None) -> task_lib.PersonalizationTask:
   """The task of `config`, with another partition if `personalization` is given."""
   options = {keyword: getattr(config, field)
-             for keyword, field in TASK_OPTIONS[config.task].items()}
-  return TASKS[config.task].create_task(
+             for keyword, field in registry.TASKS[config.task].options.items()}
+  return registry.TASKS[config.task].module.create_task(
       config.cache_dir, personalization=personalization or config.personalization,
       dropout=config.dropout, batch_size=config.client_batch_size,
       max_elements_per_client=config.max_examples_per_client, **options)

@@ -10,7 +10,7 @@ import tensorflow_federated as tff
 
 from partial_personalization import tff_compat
 
-REPO = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__))))
 
 
 def test_another_tff_version_is_a_clear_import_error(monkeypatch):

@@ -31,7 +31,7 @@ from partial_personalization import training_loop
 
 pytestmark = pytest.mark.slow  # starts TFF workers and runs every executor
 
-REPO = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__))))
 INPUT_SPEC = (tf.TensorSpec([None, 4], tf.float32), tf.TensorSpec([None], tf.int32))
 NUM_CLIENTS, ROUNDS = 5, 3
 TOLERANCE = 1e-5
@@ -255,7 +255,7 @@ def test_remote_unreachable_worker_is_a_clear_error():
 
 
 @pytest.mark.parametrize('workers,message', [
-    ('', 'needs --workers'), ('localhost', 'is not host:port'), ('host:port', 'is not host:port')])
+    ('', 'needs `workers='), ('localhost', 'is not host:port'), ('host:port', 'is not host:port')])
 def test_remote_bad_workers_flag(workers, message):
   with pytest.raises(ValueError, match=message):
     remote_context.parse_workers(workers)

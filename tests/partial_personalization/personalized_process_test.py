@@ -13,62 +13,8 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from partial_personalization import personalized_process
+import algorithm_reference as ref
 import testing_models as tm
-
-LR, PERSONAL_LR = 0.1, 0.05
-CLIENTS = {  # (x, y) examples; different sizes to check the weighted mean.
-    'a': ([1.0, 2.0], [2.0, 1.0]),
-    'b': ([0.5, -1.0, 1.5], [1.0, 0.0, 2.0]),
-}
-
-
-def _grad(u, v, x, y):
-  return 2.0 * ((u + v) * x - y) * x
-
-
-def reference_client(u, v, xs, ys, *, alternating, tau_u, tau_v, steps=False):
-  """Returns (u_local, v_local, examples in the u pass)."""
-  def batches(tau):
-    pairs = list(zip(xs, ys))
-    if steps:
-      return [pairs[i % len(pairs)] for i in range(tau)]
-    return pairs * tau
-
-  if alternating:
-    for x, y in batches(tau_v):
-      v -= PERSONAL_LR * _grad(u, v, x, y)
-    seen = batches(tau_u)
-    for x, y in seen:
-      u -= LR * _grad(u, v, x, y)
-  else:
-    seen = batches(tau_u)
-    for x, y in seen:
-      g = _grad(u, v, x, y)       # one gradient for both, at the same point
-      u, v = u - LR * g, v - PERSONAL_LR * g
-  return u, v, len(seen)
-
-
-def reference_round(u, vs, *, server_lr=1.0, uniform=False, **kwargs):
-  updates, weights, new_vs = [], [], []
-  for (xs, ys), v in zip(CLIENTS.values(), vs):
-    u_local, v_local, n = reference_client(u, v, xs, ys, **kwargs)
-    updates.append(u - u_local)
-    weights.append(1 if uniform else n)
-    new_vs.append(v_local)
-  mean_update = np.dot(updates, weights) / np.sum(weights)
-  return u - server_lr * mean_update, new_vs
-
-
-def _process(algorithm, tau_u=1, tau_v=1, local_unit='epochs', server_lr=1.0,
-             weighting=tff.learning.ClientWeighting.NUM_EXAMPLES):
-  passes = dict(tau_u=tau_u, tau_v=tau_v) if algorithm == 'fedalt' else dict(tau=tau_u)
-  return personalized_process.BUILDERS[algorithm](
-      tm.model_fn, loss_fn=tf.keras.losses.MeanSquaredError,
-      client_optimizer=tff.learning.optimizers.build_sgdm(LR),
-      personal_optimizer=tff.learning.optimizers.build_sgdm(PERSONAL_LR),
-      server_optimizer=tff.learning.optimizers.build_sgdm(server_lr),
-      local_unit=local_unit, client_weighting=weighting, **passes)
-
 
 @pytest.mark.parametrize('algorithm,tau_u,tau_v,unit,server_lr,uniform', [
     ('fedalt', 1, 1, 'epochs', 1.0, False),
@@ -79,17 +25,17 @@ def _process(algorithm, tau_u=1, tau_v=1, local_unit='epochs', server_lr=1.0,
     ('fedsim', 4, 1, 'steps', 0.5, False),
 ])
 def test_two_rounds_match_reference(algorithm, tau_u, tau_v, unit, server_lr, uniform):
-  process = _process(algorithm, tau_u, tau_v, unit, server_lr,
+  process = ref.build_process(algorithm, tau_u, tau_v, unit, server_lr,
                      tff.learning.ClientWeighting.UNIFORM if uniform
                      else tff.learning.ClientWeighting.NUM_EXAMPLES)
   state = process.initialize()
   state = process.set_model_weights(state, tm.weights(0.3))
   u, vs = 0.3, [0.25, -0.5]
   personal = [tm.weights(v) for v in vs]
-  datasets = [tm.dataset(*xy) for xy in CLIENTS.values()]
+  datasets = [tm.dataset(*xy) for xy in ref.CLIENTS.values()]
   for _ in range(2):
     state, personal, metrics = process.next(state, personal, datasets)
-    u, vs = reference_round(u, vs, server_lr=server_lr, uniform=uniform,
+    u, vs = ref.reference_round(u, vs, server_lr=server_lr, uniform=uniform,
                             alternating=(algorithm == 'fedalt'),
                             tau_u=tau_u, tau_v=tau_v, steps=(unit == 'steps'))
     assert tm.scalar(process.get_model_weights(state)) == pytest.approx(u, rel=1e-5)
@@ -103,17 +49,17 @@ def test_builders_take_only_their_own_hyperparameters(algorithm):
   builder = personalized_process.BUILDERS[algorithm]
   taus = dict(tau_u=2, tau_v=3) if algorithm == 'fedalt' else dict(tau=2)
   process = builder(tm.model_fn, loss_fn=tf.keras.losses.MeanSquaredError,
-                    client_optimizer=opt(LR), personal_optimizer=opt(PERSONAL_LR), **taus)
+                    client_optimizer=opt(ref.LR), personal_optimizer=opt(ref.PERSONAL_LR), **taus)
   state = process.set_model_weights(process.initialize(), tm.weights(0.3))
   state, personal, _ = process.next(state, [tm.weights(0.25), tm.weights(-0.5)],
-                                    [tm.dataset(*xy) for xy in CLIENTS.values()])
-  u, vs = reference_round(0.3, [0.25, -0.5], alternating=(algorithm == 'fedalt'),
+                                    [tm.dataset(*xy) for xy in ref.CLIENTS.values()])
+  u, vs = ref.reference_round(0.3, [0.25, -0.5], alternating=(algorithm == 'fedalt'),
                           tau_u=2, tau_v=3)
   assert tm.scalar(process.get_model_weights(state)) == pytest.approx(u, rel=1e-5)
   assert [tm.scalar(p) for p in personal] == pytest.approx(vs, rel=1e-5)
   with pytest.raises(TypeError, match='prox_strength'):
     builder(tm.model_fn, loss_fn=tf.keras.losses.MeanSquaredError,
-            client_optimizer=opt(LR), prox_strength=0.1)
+            client_optimizer=opt(ref.LR), prox_strength=0.1)
 
 
 def _shuffled(seed):
@@ -126,7 +72,7 @@ def test_fedalt_passes_draw_their_shuffles_in_order():
   """Each pass over a shuffled client dataset reshuffles; the v pass must see
   the first shuffle and the u pass the second, on every run (iterator
   creation is otherwise unordered in a graph, see client_work.batches_after)."""
-  process = _process('fedalt')
+  process = ref.build_process('fedalt')
   u0, v0 = 0.3, 0.25
   # Eager reference: passes over one fresh dataset draw the shuffles in order.
   dataset = _shuffled(11)
@@ -135,10 +81,10 @@ def test_fedalt_passes_draw_their_shuffles_in_order():
   assert v_pass != u_pass  # Otherwise the test could not tell the order.
   v = v0
   for x, y in v_pass:
-    v -= PERSONAL_LR * _grad(u0, v, x, y)
+    v -= ref.PERSONAL_LR * ref.grad(u0, v, x, y)
   u = u0
   for x, y in u_pass:
-    u -= LR * _grad(u, v, x, y)
+    u -= ref.LR * ref.grad(u, v, x, y)
   for _ in range(3):
     state = process.set_model_weights(process.initialize(), tm.weights(u0))
     state, personal, _ = process.next(state, [tm.weights(v0)], [_shuffled(11)])
@@ -150,19 +96,19 @@ def test_fedalt_and_fedsim_differ():
   # Same start, one round: FedAlt moves v first, so its u update differs.
   results = []
   for algorithm in ('fedalt', 'fedsim'):
-    process = _process(algorithm)
+    process = ref.build_process(algorithm)
     state = process.set_model_weights(process.initialize(), tm.weights(0.3))
     state, _, _ = process.next(state, [tm.weights(0.25), tm.weights(-0.5)],
-                               [tm.dataset(*xy) for xy in CLIENTS.values()])
+                               [tm.dataset(*xy) for xy in ref.CLIENTS.values()])
     results.append(tm.scalar(process.get_model_weights(state)))
   assert results[0] != pytest.approx(results[1], rel=1e-4)
 
 
 def test_evaluation_is_per_client_and_does_not_train():
-  process = _process('fedalt')
+  process = ref.build_process('fedalt')
   results = process.evaluate(tm.weights(1.0), [tm.weights(0.0), tm.weights(1.0)],
-                             [tm.dataset(*xy) for xy in CLIENTS.values()])
-  for (xs, ys), v, r in zip(CLIENTS.values(), (0.0, 1.0), results):
+                             [tm.dataset(*xy) for xy in ref.CLIENTS.values()])
+  for (xs, ys), v, r in zip(ref.CLIENTS.values(), (0.0, 1.0), results):
     losses = [((1.0 + v) * x - y) ** 2 for x, y in zip(xs, ys)]
     total, count = r['loss']
     assert count == len(xs)
@@ -173,17 +119,17 @@ def test_bad_arguments_are_named():
   with pytest.raises(TypeError, match='tau_v'):  # A hyperparameter FedSim does not have.
     personalized_process.build_fedsim_process(
         tm.model_fn, loss_fn=tf.keras.losses.MeanSquaredError,
-        client_optimizer=tff.learning.optimizers.build_sgdm(LR), tau_v=2)
+        client_optimizer=tff.learning.optimizers.build_sgdm(ref.LR), tau_v=2)
   with pytest.raises(ValueError, match='local_unit'):
-    _process('fedalt', local_unit='minutes')
+    ref.build_process('fedalt', local_unit='minutes')
   with pytest.raises(ValueError, match='client_weighting'):
-    _process('fedalt', weighting='uniform')  # The enum, not its name.
+    ref.build_process('fedalt', weighting='uniform')  # The enum, not its name.
   with pytest.raises(ValueError, match='nothing to federate'):
     personalized_process.build_fedalt_process(
         lambda: tm.partition_lib.build_reconstruction_model(
             tm.keras_model_fn(), lambda m: m.variables, tm.INPUT_SPEC),
         loss_fn=tf.keras.losses.MeanSquaredError,
-        client_optimizer=tff.learning.optimizers.build_sgdm(LR))
+        client_optimizer=tff.learning.optimizers.build_sgdm(ref.LR))
 
 
 if __name__ == '__main__':

@@ -1,13 +1,12 @@
 """Stateless clients: v_i reset to v_0 at every participation, and TFF's FedRecon.
 
-Reference: the FedAlt rule of `personalized_process_test` with v = v_0 at the
+Reference: the FedAlt rule of `algorithm_reference` with v = v_0 at the
 start of every client update. TFF's `build_fed_recon` configured as stateless
 FedAlt (reconstruction on the whole dataset for tau_v epochs, then tau_u epochs
 on u, example-weighted mean, same optimizers) must give the same u: its local
 variables start from the model's initializer, here zeros, which is our v_0.
 """
 
-import os
 import sys
 
 import pytest
@@ -15,9 +14,8 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from partial_personalization import client_state
-from partial_personalization import personalized_process
 from partial_personalization import training_loop
-import personalized_process_test as ref
+import algorithm_reference as ref
 import testing_models as tm
 
 V0 = 0.0  # the zero initializer of the test model's personal layer
@@ -28,7 +26,7 @@ def _datasets():
 
 
 def test_stateless_runner_restarts_from_v0_and_stores_nothing(tmp_path):
-  process = ref._process('fedalt', tau_u=2, tau_v=3)
+  process = ref.build_process('fedalt', tau_u=2, tau_v=3)
   store = client_state.ClientStateStore(str(tmp_path / 'state.sqlite'), tm.weights(V0))
   runner = training_loop.PersonalizedRunner(process, store, initial_shared=tm.weights(0.3),
                                             stateless=True)
@@ -47,7 +45,7 @@ def test_stateless_runner_restarts_from_v0_and_stores_nothing(tmp_path):
 
 def test_stateful_runner_differs(tmp_path):
   # The same two rounds with persisted v_i give another u (the test above can fail).
-  process = ref._process('fedalt', tau_u=2, tau_v=3)
+  process = ref.build_process('fedalt', tau_u=2, tau_v=3)
   store = client_state.ClientStateStore(str(tmp_path / 'state.sqlite'), tm.weights(V0))
   runner = training_loop.PersonalizedRunner(process, store, initial_shared=tm.weights(0.3))
   state = runner.initialize()
@@ -61,7 +59,7 @@ def test_stateful_runner_differs(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize('tau_u,tau_v', [(1, 1), (2, 3)])
 def test_stateless_fedalt_equals_tff_fed_recon(tau_u, tau_v):
-  ours = ref._process('fedalt', tau_u=tau_u, tau_v=tau_v)
+  ours = ref.build_process('fedalt', tau_u=tau_u, tau_v=tau_v)
   recon = tff.learning.algorithms.build_fed_recon(
       tm.model_fn, loss_fn=tf.keras.losses.MeanSquaredError,
       client_optimizer_fn=tff.learning.optimizers.build_sgdm(ref.LR),
