@@ -20,6 +20,8 @@ from typing import Callable, NamedTuple, Optional, Sequence
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from partial_personalization import partition
+
 ModelWeights = tff.learning.models.ModelWeights
 LOCAL_UNITS = ('epochs', 'steps')
 
@@ -166,7 +168,7 @@ def read_weights(variables: ModelWeights) -> ModelWeights:
 
 def build_client_update(
     *,
-    model_fn: Callable[[], tff.learning.models.ReconstructionModel],
+    model_fn: partition.ModelFn,
     loss_fn: Callable[[], tf.keras.losses.Loss],
     metrics_fn: Optional[Callable[[], list[tf.keras.metrics.Metric]]],
     shared_type: tff.types.Type,
@@ -255,7 +257,7 @@ def build_client_update(
 
 def build_client_evaluation(
     *,
-    model_fn: Callable[[], tff.learning.models.ReconstructionModel],
+    model_fn: partition.ModelFn,
     loss_fn: Callable[[], tf.keras.losses.Loss],
     metrics_fn: Optional[Callable[[], list[tf.keras.metrics.Metric]]],
     shared_type: tff.types.Type,

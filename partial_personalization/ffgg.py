@@ -25,11 +25,12 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from partial_personalization import client_work
+from partial_personalization import partition
 
 
 def build_ffgg_client_update(
     *,
-    model_fn: Callable[[], tff.learning.models.ReconstructionModel],
+    model_fn: partition.ModelFn,
     loss_fn: Callable[[], tf.keras.losses.Loss],
     metrics_fn: Optional[Callable[[], list[tf.keras.metrics.Metric]]],
     shared_type: tff.types.Type,

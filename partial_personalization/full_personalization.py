@@ -29,6 +29,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from partial_personalization import client_work
+from partial_personalization import partition
 
 ModelWeights = tff.learning.models.ModelWeights
 
@@ -60,7 +61,7 @@ def _output(initial, final, num_examples, personal, metrics) -> client_work.Clie
 
 def build_ditto_client_update(
     *,
-    model_fn: Callable[[], tff.learning.models.ReconstructionModel],
+    model_fn: partition.ModelFn,
     loss_fn: Callable[[], tf.keras.losses.Loss],
     metrics_fn: Optional[Callable[[], list[tf.keras.metrics.Metric]]],
     weights_type: tff.types.Type,
@@ -117,7 +118,7 @@ def build_ditto_client_update(
 
 def build_pfedme_client_update(
     *,
-    model_fn: Callable[[], tff.learning.models.ReconstructionModel],
+    model_fn: partition.ModelFn,
     loss_fn: Callable[[], tf.keras.losses.Loss],
     metrics_fn: Optional[Callable[[], list[tf.keras.metrics.Metric]]],
     weights_type: tff.types.Type,

@@ -163,11 +163,18 @@ def named_weights(keras_model: tf.keras.Model) -> dict[str, np.ndarray]:
   return {v.name: v.numpy() for v in keras_model.variables}
 
 
+# The model interface the library is written against, named here only: TFF's
+# `ReconstructionModel`, whose global variables are u and local variables v.
+PersonalModel = tff.learning.models.ReconstructionModel
+# What every builder takes: a no-argument function building a `PersonalModel`.
+ModelFn = Callable[[], PersonalModel]
+
+
 def build_reconstruction_model(
     keras_model: tf.keras.Model,
     partition_fn: PartitionFn,
     input_spec,
-) -> tff.learning.models.ReconstructionModel:
+) -> PersonalModel:
   """Wraps a Keras model as TFF's `ReconstructionModel` with u global, v local.
 
   TFF's `ReconstructionModel` is the model interface of Federated
@@ -175,7 +182,7 @@ def build_reconstruction_model(
   so the same `model_fn` serves our processes and `build_fed_recon`.
   """
   personal = {v.ref() for v in partition_fn(keras_model)}
-  return tff.learning.models.ReconstructionModel.from_keras_model_and_variables(
+  return PersonalModel.from_keras_model_and_variables(
       keras_model,
       global_trainable_variables=[v for v in keras_model.trainable_variables if v.ref() not in personal],
       global_non_trainable_variables=[v for v in keras_model.non_trainable_variables if v.ref() not in personal],

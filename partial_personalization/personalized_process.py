@@ -29,12 +29,13 @@ from partial_personalization import client_work
 from partial_personalization import composers
 from partial_personalization import ffgg
 from partial_personalization import full_personalization
+from partial_personalization import partition
 
 ModelWeights = tff.learning.models.ModelWeights
 PersonalizedProcess = composers.PersonalizedProcess
 model_types = composers.model_types
 NUM_EXAMPLES = tff.learning.ClientWeighting.NUM_EXAMPLES
-ModelFn = Callable[[], tff.learning.models.ReconstructionModel]
+ModelFn = partition.ModelFn
 LossFn = Callable[[], tf.keras.losses.Loss]
 MetricsFn = Optional[Callable[[], list[tf.keras.metrics.Metric]]]
 Optimizer = tff.learning.optimizers.Optimizer
@@ -101,9 +102,9 @@ def compose_with_defaults(model_fn: ModelFn, client_update: tff.Computation, *, 
 
 _PARTS_DOC = """
   Common arguments (keyword-only but `model_fn`):
-    model_fn: No-arg function returning a `tff.learning.models.ReconstructionModel`
-      whose global variables are u and local variables v
-      (`partition.build_reconstruction_model`); for Ditto and pFedMe all
+    model_fn: No-arg function returning a `partition.PersonalModel` (TFF's
+      `ReconstructionModel`) whose global variables are u and local variables
+      v (`partition.build_reconstruction_model`); for Ditto and pFedMe all
       variables are global (the `none` partition) and v_i is a second model.
     loss_fn: No-arg function returning a Keras loss (y_true, logits) -> scalar.
     metrics_fn: No-arg function returning Keras metrics, reported per round.
@@ -258,7 +259,7 @@ PARTIAL_ALGORITHMS = tuple(a for a in ALGORITHMS if a not in FULL_ALGORITHMS)
 
 
 def build_personalized_evaluation(
-    model_fn: Callable[[], tff.learning.models.ReconstructionModel],
+    model_fn: partition.ModelFn,
     *,
     loss_fn: Callable[[], tf.keras.losses.Loss],
     metrics_fn: Optional[Callable[[], list[tf.keras.metrics.Metric]]] = None,
@@ -294,7 +295,7 @@ def build_personalized_evaluation(
 
 
 def build_personal_finetuning(
-    model_fn: Callable[[], tff.learning.models.ReconstructionModel],
+    model_fn: partition.ModelFn,
     *,
     loss_fn: Callable[[], tf.keras.losses.Loss],
     optimizer: tff.learning.optimizers.Optimizer,

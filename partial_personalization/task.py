@@ -127,7 +127,7 @@ class PersonalizationTask:
         self.keras_model_fn(), loss=self.loss_fn(),
         input_spec=self.input_spec, metrics=self.metrics_fn())
 
-  def reconstruction_model_fn(self) -> tff.learning.models.ReconstructionModel:
+  def reconstruction_model_fn(self) -> partition_lib.PersonalModel:
     return partition_lib.build_reconstruction_model(
         self.keras_model_fn(), self.partition_fn, self.input_spec)
 
