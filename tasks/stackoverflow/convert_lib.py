@@ -7,7 +7,8 @@ TFF's StackOverflow dataset:
 
 * an example is one sentence of a question or answer body: HTML stripped
   (code blocks in `<pre>` dropped, inline `<code>` kept as text), entities
-  decoded, lower-cased, tokens (words and punctuation) joined by single spaces;
+  decoded, split into sentences and tokens by the rules of `tokenizer`
+  (Unicode words, numbers, URLs as `<url>`), tokens joined by single spaces;
 * answers take their question's `title` and `tags` through `ParentId`;
 * `type` is `question` or `answer`; `tags` is `|`-joined; `creation_date` and
   `score` are copied from the post;
@@ -49,14 +50,13 @@ from typing import Iterator, Optional, Sequence
 import tensorflow as tf
 
 from partial_personalization import run_lock
+from tasks.stackoverflow import tokenizer
 
 DATABASE_FILENAME = 'stackoverflow.sqlite'
 WORD_COUNT_FILENAME = 'stackoverflow.word_count'
 SPLITS = ('train', 'heldout', 'test')
 QUESTION, ANSWER = '1', '2'
 
-_TOKEN_RE = re.compile(r"[a-z0-9]+(?:['’][a-z0-9]+)*|[^\sa-z0-9]", re.UNICODE)
-_SENTENCE_END_RE = re.compile(r'(?<=[.!?])\s+|\n+')
 _TAGS_RE = re.compile(r'<([^<>]+)>')
 # Block-level tags whose boundaries separate sentences or words.
 _BREAK_TAGS = frozenset(
@@ -161,19 +161,14 @@ def html_to_sentences(body: str) -> list[str]:
       HTML entities).
 
   Returns:
-    Sentences, each lower-cased tokens joined by single spaces; empty sentences
-    are dropped.
+    Sentences, each tokens joined by single spaces, by the rules of
+    `tokenizer` (Unicode words, URLs as `<url>`, ...); empty sentences are
+    dropped.
   """
   extractor = _TextExtractor()
   extractor.feed(body)
   extractor.close()
-  text = ''.join(extractor.parts).lower()
-  sentences = []
-  for chunk in _SENTENCE_END_RE.split(text):
-    tokens = _TOKEN_RE.findall(chunk)
-    if tokens:
-      sentences.append(' '.join(tokens))
-  return sentences
+  return tokenizer.sentences(''.join(extractor.parts))
 
 
 def _parse_tags(raw: str) -> str:
