@@ -242,7 +242,7 @@ def format_over_seeds(runs: pd.DataFrame, differences: pd.DataFrame) -> str:
   columns = [c for c in runs.columns if f'{c}_low' in runs.columns]
   names = {'personalized_mean': 'mean test accuracy', 'personalized_p10': 'p10',
            'helped_fraction': 'helped', 'hurt_fraction': 'hurt',
-           'gated_personalized_mean': 'heldout-gated mean', 'gated_hurt_fraction': 'gated hurt'}
+           'unchanged_fraction': 'unchanged', 'gated_personalized_mean': 'heldout-gated mean', 'gated_hurt_fraction': 'gated hurt'}
   lines = ['| run | seeds | ' + ' | '.join(names.get(c, c) for c in columns) + ' |',
            '|' + '---|' * (len(columns) + 2)]
   for run, row in runs.iterrows():
@@ -258,14 +258,22 @@ def format_over_seeds(runs: pd.DataFrame, differences: pd.DataFrame) -> str:
 
 
 def format_summaries(summaries: dict[str, dict]) -> str:
-  """Markdown table, one row per run name."""
+  """Markdown table, one row per run name: means and p10 (personalized and
+  not), helped + hurt + unchanged (they add to 100%), and the heldout-gated
+  mean and hurt when the summary has them (`gate_by_heldout`)."""
   header = ('| run | clients | pers. mean | non-pers. mean | pers. p10 | '
-            'non-pers. p10 | helped | hurt |')
-  lines = [header, '|' + '---|' * 8]
+            'non-pers. p10 | helped | hurt | unchanged | heldout-gated mean | gated hurt |')
+  lines = [header, '|' + '---|' * 11]
+
+  def percent(s, key, fmt):
+    return f'{s[key]:{fmt}}' if key in s else ''
+
   for name, s in summaries.items():
     lines.append(
         f"| {name} | {s['clients']} | {s['personalized_mean']:.2%} | "
         f"{s['baseline_mean']:.2%} | {s['personalized_p10']:.2%} | "
         f"{s['baseline_p10']:.2%} | {s['helped_fraction']:.1%} | "
-        f"{s['hurt_fraction']:.1%} |")
+        f"{s['hurt_fraction']:.1%} | {percent(s, 'unchanged_fraction', '.1%')} | "
+        f"{percent(s, 'gated_personalized_mean', '.2%')} | "
+        f"{percent(s, 'gated_hurt_fraction', '.1%')} |")
   return '\n'.join(lines)

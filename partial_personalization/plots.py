@@ -24,13 +24,15 @@ def plot_personalization(per_client: dict[str, pd.DataFrame], path: str,
   for col, (name, df) in enumerate(per_client.items()):
     ax = axes[0, col]
     hurt = evaluation.is_hurt(df.delta)
-    ax.scatter(df.baseline[~hurt], df.personalized[~hurt], s=8 + df.tokens[~hurt] / 20,
-               alpha=0.6, label=f'helped or same ({(~hurt).sum()})')
-    ax.scatter(df.baseline[hurt], df.personalized[hurt], s=8 + df.tokens[hurt] / 20,
+    # In %, as the tables.
+    ax.scatter(100 * df.baseline[~hurt], 100 * df.personalized[~hurt],
+               s=8 + df.tokens[~hurt] / 20, alpha=0.6,
+               label=f'helped or unchanged ({(~hurt).sum()})')
+    ax.scatter(100 * df.baseline[hurt], 100 * df.personalized[hurt], s=8 + df.tokens[hurt] / 20,
                alpha=0.6, color='tab:red', label=f'hurt ({hurt.sum()})')
-    hi = max(df.baseline.max(), df.personalized.max()) * 1.05
+    hi = 100 * max(df.baseline.max(), df.personalized.max()) * 1.05
     ax.plot([0, hi], [0, hi], 'k--', lw=1)
-    ax.set(xlabel=f'non-personalized {metric}', ylabel=f'personalized {metric}',
+    ax.set(xlabel=f'non-personalized {metric} (%)', ylabel=f'personalized {metric} (%)',
            title=f'{name}: one point per client (size ~ test tokens)')
     ax.legend(loc='upper left')
     ax = axes[1, col]

@@ -39,10 +39,10 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
-import tqdm
 
 from partial_personalization import client_state
 from partial_personalization import integrity
+from partial_personalization import progress as progress_lib
 from partial_personalization import run_lock
 
 ModelWeights = tff.learning.models.ModelWeights
@@ -352,8 +352,8 @@ def _run_training(runner, *, run_dir, store, client_ids, make_dataset, total_rou
 
   start = time.time()
   last = total_rounds if stop_after_rounds is None else min(total_rounds, committed + stop_after_rounds)
-  bar = tqdm.tqdm(total=total_rounds, initial=committed, disable=not progress,
-                  unit='round', dynamic_ncols=True, desc=os.path.basename(run_dir))
+  bar = progress_lib.bar(total=total_rounds, initial=committed, disable=not progress,
+                         unit='round', dynamic_ncols=True, desc=os.path.basename(run_dir))
   try:
     for round_num in range(committed + 1, last + 1):
       ids = sample_clients(client_ids, clients_per_round, seed, round_num)
@@ -377,7 +377,7 @@ def _run_training(runner, *, run_dir, store, client_ids, make_dataset, total_rou
         with _writing(store.path, store):
           store.commit(round_num, integrity.tree_sha256(_checkpoint_path(checkpoint_dir, round_num)))
       bar.set_postfix({k.split('/')[-1]: f'{v:.4g}' for k, v in flat.items()
-                       if k.endswith(('loss', 'accuracy'))})
+                       if k.endswith(('loss', 'accuracy'))}, refresh=False)
       bar.update(1)
   finally:
     bar.close()

@@ -34,6 +34,8 @@ from tasks import registry
 from tasks.emnist import convert_lib as emnist_convert_lib
 
 flags_lib.define_executor_flags()
+# `--help` lists the flags defined in flags_lib, not only this module's.
+flags.adopt_module_key_flags(flags_lib)
 _TASK = flags.DEFINE_enum('task', 'stackoverflow', list(grid_lib.PARTITIONS), 'Task.')
 _DUMP_DIRS = flags.DEFINE_list('dump_dirs', ['../shared/data/stackexchange'],
                                'stackoverflow: Stack Exchange site folders, or folders of them.')

@@ -21,6 +21,8 @@ from runners import group_lib
 from runners import paths
 
 flags_lib.define_executor_flags()
+# `--help` lists the flags defined in flags_lib, not only this module's.
+flags.adopt_module_key_flags(flags_lib)
 _DUMP_DIRS = flags.DEFINE_list('dump_dirs', ['../shared/data/stackexchange'],
                                'Stack Exchange site folders, or folders of them.')
 _OUTPUT_DIR = flags.DEFINE_string('output_dir', 'output/groups', 'Runs and the report.')

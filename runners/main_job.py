@@ -34,6 +34,8 @@ from runners import config_lib
 from runners import train_lib
 
 flags_lib.define_executor_flags()
+# `--help` lists the flags defined in flags_lib, not only this module's.
+flags.adopt_module_key_flags(flags_lib)
 _DUMP_DIRS = flags.DEFINE_list('dump_dirs', ['../shared/data/stackexchange'],
                                'Stack Exchange site folders, or folders of them.')
 _OUTPUT_DIR = flags.DEFINE_string('output_dir', 'output/main_job', 'Where runs and the report go.')
@@ -150,7 +152,7 @@ def _run():
   per_seed = pd.DataFrame(rows)
   per_seed.to_csv(os.path.join(out, 'per_seed.csv'), index=False)
   columns = ['personalized_mean', 'personalized_p10', 'helped_fraction', 'hurt_fraction',
-             'gated_personalized_mean', 'gated_hurt_fraction']
+             'unchanged_fraction', 'gated_personalized_mean', 'gated_hurt_fraction']
   runs, differences = evaluation.over_seeds(
       per_seed, columns=columns, baseline='fedavg',
       pairs=[('fedalt', 'fedavg_finetune'), ('fedsim', 'fedavg_finetune'),

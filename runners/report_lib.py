@@ -3,14 +3,17 @@ evaluation protocol (`evaluation_protocol`): the run's settings decide the
 models compared, the clients and the computations; the protocol does the rest.
 """
 
+import hashlib
+import json
 import os
 from typing import Optional
 
-import tqdm
 
 from partial_personalization import evaluation
 from partial_personalization import evaluation_protocol
+from partial_personalization import integrity
 from partial_personalization import personalized_process
+from partial_personalization import progress
 from partial_personalization import training_loop
 from runners import builders_lib
 from runners import config_lib
@@ -127,7 +130,7 @@ def write_report(config, task, evaluate, final_named, store, start_weights, *,
   test_sets = population_lib.eval_datasets(task, 'test', ids)
   h_ids = [c for c in ids if c in heldout_ids]
   total = (3 if _finetune_epochs(config) else 2) * len(ids) + 2 * len(h_ids)
-  with tqdm.tqdm(total=total, desc='evaluating clients', unit='client',
+  with progress.bar(total=total, desc='evaluating clients', unit='client',
                  disable=not config.progress) as bar:
     evaluate, u, personal = _report_weights(config, task, evaluate, final_named, store, ids, bar)
     bar.set_description('evaluating personalized models')
@@ -157,6 +160,44 @@ def write_report(config, task, evaluate, final_named, store, start_weights, *,
   summary['personal_parameters'] = personal_parameters
   evaluation_protocol.write_report(os.path.join(config.run_dir, 'report'), per_client, summary)
   return summary
+
+
+def _model_file(path: str) -> str:
+  return os.path.join(path, 'model.npz') if os.path.isdir(path) else path
+
+
+def report_key(config, store) -> str:
+  """What a finished run's report depends on: its settings (flags.json), its
+  final model, its committed round (the personal state of a committed round
+  never changes), and the models it compares with (sha256 of the files)."""
+  parts = [config.run_dir, str(store.committed_round)]
+  for path in (os.path.join(config.run_dir, 'flags.json'),
+               os.path.join(config.run_dir, 'model.npz'),
+               config.baseline_model and _model_file(config.baseline_model),
+               config.init_from and _model_file(config.init_from),
+               config.init_checkpoint):
+    parts.append(integrity.file_sha256(path) if path and os.path.exists(path) else '-')
+  return hashlib.sha256('\n'.join(parts).encode()).hexdigest()
+
+
+def cached_summary(config, key: str) -> Optional[dict]:
+  """The summary of the report already in `<run_dir>/report` when it was
+  written for `key` (`report_key`): re-running a finished job reads it
+  instead of evaluating every client again."""
+  report_dir = os.path.join(config.run_dir, 'report')
+  try:
+    with open(os.path.join(report_dir, 'key.txt')) as f:
+      if f.read().strip() != key:
+        return None
+    with open(os.path.join(report_dir, 'summary.json')) as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return None
+
+
+def mark_report(config, key: str) -> None:
+  with open(os.path.join(config.run_dir, 'report', 'key.txt'), 'w') as f:
+    f.write(key + '\n')
 
 
 def _train_sizes(task, ids) -> list[int]:

@@ -5,12 +5,15 @@
 """
 
 from absl import app
+from absl import flags
 
 from runners import flags_lib
 from runners import train_lib
 
 flags_lib.define_train_flags()
 flags_lib.define_executor_flags()
+# `--help` lists the flags defined in flags_lib, not only this module's.
+flags.adopt_module_key_flags(flags_lib)
 
 
 def main(argv):

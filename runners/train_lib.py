@@ -72,7 +72,7 @@ def train(config: config_lib.TrainConfig) -> dict:
 def _train(config, task, train_ids, named_init, store) -> dict:
   """`train` once the run directory is locked and its saved state checked."""
   runner = builders_lib.build_runner(config, task, named_init, store, population=train_ids,
-                        make_dataset=task.train_dataset)
+                                     make_dataset=task.train_dataset)
   shared_n, personal_n = builders_lib.parameter_counts(config, task)
   logging.info('%s/%s: %d shared and %d personal parameters',
                config.algorithm, config.personalization, shared_n, personal_n)
@@ -80,8 +80,9 @@ def _train(config, task, train_ids, named_init, store) -> dict:
   if isinstance(runner, training_loop.PersonalizedRunner):
     evaluate = runner.process.evaluate  # Built with the process; no second trace.
   else:
-    evaluate = builders_lib.memoized('evaluation', config, lambda: builders_lib.build_evaluation(task),
-                        personalization=config.personalization)
+    evaluate = builders_lib.memoized('evaluation', config,
+                                     lambda: builders_lib.build_evaluation(task),
+                                     personalization=config.personalization)
   metric = task.report_metric
   heldout_ids = set(task.heldout_data.client_ids)
   eval_ids = [c for c in population_lib.evaluation_clients(task, config) if c in heldout_ids]
@@ -113,8 +114,12 @@ def _train(config, task, train_ids, named_init, store) -> dict:
   partition_lib.save_named_weights(os.path.join(config.run_dir, 'model.npz'), final_named)
   summary = None
   if config.report and (config.algorithm != 'fedavg' or config.finetune_epochs):
-    summary = report_lib.write_report(config, task, evaluate, final_named, store, named_init,
-                           personal_parameters=personal_n)
+    key = report_lib.report_key(config, store)
+    summary = report_lib.cached_summary(config, key)
+    if summary is None:
+      summary = report_lib.write_report(config, task, evaluate, final_named, store, named_init,
+                                        personal_parameters=personal_n)
+      report_lib.mark_report(config, key)
   return {'run_dir': config.run_dir, 'summary': summary,
           'rounds_run': result.rounds_run, 'seconds': result.seconds,
           'shared_parameters': shared_n, 'personal_parameters': personal_n}

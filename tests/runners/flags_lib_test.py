@@ -1,5 +1,7 @@
 """flags_lib: library messages reach the user with flag names, as one line."""
 
+import os
+import subprocess
 import sys
 
 from absl import flags
@@ -31,6 +33,14 @@ def test_a_library_error_is_one_line_naming_the_flag(defined, capsys):
   err = capsys.readouterr().err
   assert err.startswith("error: --executor must be one of ('local', 'remote', 'accelerated')")
   assert err.count('\n') == 1
+
+
+def test_help_lists_the_project_flags():
+  repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__))))
+  shown = subprocess.run([sys.executable, '-m', 'runners.train', '--help'], cwd=repo,
+                         capture_output=True, text=True).stdout
+  for flag in ('--algorithm', '--tau_v', '--personalization', '--executor'):
+    assert flag in shown
 
 
 if __name__ == '__main__':

@@ -17,6 +17,7 @@ from runners import report_lib
 from runners import train_lib
 from runners import weights_lib
 import testing_models as tm
+import toy_task
 
 
 def _config(**kwargs):
@@ -169,3 +170,23 @@ def test_baseline_evaluation_cache_follows_the_baseline_model(two_sites_cache_di
   assert baseline_score(further) != pytest.approx(first, rel=1e-3)
   assert len(calls) == 2  # Trained further: evaluated anew.
   assert len(list(baseline.glob('baseline_eval_test_*.csv'))) == 2
+
+
+def test_a_finished_run_reads_its_report_and_a_changed_one_recomputes_it(
+    monkeypatch, tmp_path):
+  monkeypatch.setitem(toy_task.registry.TASKS, 'toy', toy_task.spec())
+  config = config_lib.TrainConfig(
+      task='toy', algorithm='fedalt', personalization='head', cache_dir=str(tmp_path),
+      root_output_dir=str(tmp_path), experiment_name='run', total_rounds=2,
+      clients_per_round=2, client_learning_rate=0.5, client_batch_size=4,
+      max_examples_per_client=12, rounds_per_eval=0, progress=False)
+  first = train_lib.train(config)
+  calls = []
+  real_write_report = report_lib.write_report
+  monkeypatch.setattr(report_lib, 'write_report',
+                      lambda *a, **k: calls.append(1) or real_write_report(*a, **k))
+  again = train_lib.train(config)  # Nothing new: the report is read back.
+  assert again['rounds_run'] == 0 and calls == []
+  assert again['summary'] == first['summary']
+  longer = train_lib.train(dataclasses.replace(config, total_rounds=3))  # One more round.
+  assert longer['rounds_run'] == 1 and calls == [1]

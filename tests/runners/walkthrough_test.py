@@ -1,17 +1,16 @@
-"""docs/design.md's recipes, walked through: a toy task and a toy algorithm are
-added the way the recipes say (a module plus one registry line each), then
-trained and reported by the real runner code (`train_lib.train`).
+"""docs/design.md's recipes, walked through: a toy task (`toy_task`, a module
+and its registry line) and a toy algorithm (below: a client update and builder,
+its `BUILDERS` line and its `ALGORITHM_SETTINGS` line) are added the way the
+recipes say, then trained and reported by the real runner code
+(`train_lib.train`).
 
-The toy task: 4 clients, 2 features, 2 classes, each client with its own label
-rule (so a personal head helps). The toy algorithm, "FedAlt-Prox": FedAlt whose
+The toy algorithm, "FedAlt-Prox": FedAlt whose
 u pass adds mu (u - u_t) to the gradient (a FedProx pull toward the broadcast
 u_t), configured from `client_work.local_sgd` with a `Trainable.penalty`.
 """
 
-import collections
 import os
 import sys
-import types
 
 import numpy as np
 import pandas as pd
@@ -22,53 +21,12 @@ import tensorflow_federated as tff
 from partial_personalization import client_work
 from partial_personalization import partition as partition_lib
 from partial_personalization import personalized_process
-from partial_personalization import task as task_lib
 from runners import builders_lib
 from runners import config_lib
 from runners import train_lib
 from runners import weights_lib
 from tasks import registry
-
-INPUT_SPEC = (tf.TensorSpec([None, 2], tf.float32), tf.TensorSpec([None], tf.int32))
-
-
-# --- The toy task: one module (here a namespace) with `create_task`. ---------
-
-def _split(seed: int) -> tff.simulation.datasets.ClientData:
-  rng = np.random.default_rng(seed)
-  clients = {}
-  for i in range(4):
-    x = rng.normal(size=(12, 2)).astype(np.float32)
-    y = ((x[:, 0] > 0) ^ (i % 2 == 1)).astype(np.int32)  # Odd clients flip the rule.
-    clients[f'client{i}'] = collections.OrderedDict(x=x, y=y)
-  return tff.simulation.datasets.TestClientData(clients)
-
-
-def create_task(cache_dir, *, personalization='head', dropout=0.0, batch_size=4,
-                max_elements_per_client=12):
-  del cache_dir, dropout  # In memory, no dropout.
-
-  def keras_model_fn():
-    x = tf.keras.Input([2])
-    h = tf.keras.layers.Dense(4, activation='relu', name='body')(x)
-    return tf.keras.Model(x, tf.keras.layers.Dense(2, name='head')(h))
-
-  def batches(dataset):
-    return dataset.map(lambda e: (e['x'], e['y'])).batch(batch_size)
-
-  return task_lib.PersonalizationTask(
-      name='toy', train_data=_split(0), heldout_data=_split(1), test_data=_split(2),
-      train_preprocess_fn=lambda d, seed: batches(d.shuffle(12, seed=seed).take(
-          max_elements_per_client)),
-      eval_preprocess_fn=batches, keras_model_fn=keras_model_fn,
-      loss_fn=lambda: tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-      metrics_fn=lambda: [tf.keras.metrics.SparseCategoricalAccuracy(name='accuracy')],
-      input_spec=INPUT_SPEC, partition_name=personalization,
-      partition_fn=lambda m: m.get_layer('head').variables if personalization == 'head' else [])
-
-
-TOY_TASK = types.SimpleNamespace(create_task=create_task)
-
+import toy_task
 
 # --- The toy algorithm: a client update and its builder. ---------------------
 
@@ -117,9 +75,7 @@ def build_fedalt_prox_process(model_fn, *, loss_fn, metrics_fn=None, client_opti
 @pytest.fixture
 def registered(monkeypatch):
   """The registry lines of the recipes (here patched in, in the code added)."""
-  monkeypatch.setitem(registry.TASKS, 'toy', registry.TaskSpec(
-      module=TOY_TASK, options={}, grid_partitions={'head': ('head', 0)},
-      grid_defaults=(0.1, 0.1, 12)))
+  monkeypatch.setitem(registry.TASKS, 'toy', toy_task.spec())
   monkeypatch.setitem(personalized_process.BUILDERS, 'fedalt_prox', build_fedalt_prox_process)
   monkeypatch.setitem(builders_lib.ALGORITHM_SETTINGS, 'fedalt_prox', {'mu': 'prox_strength'})
 
