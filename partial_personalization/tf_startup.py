@@ -16,6 +16,8 @@ import re
 import sys
 import tempfile
 
+_STDERR_FD = 2
+
 # The lines dropped; anything else TensorFlow writes at import is kept.
 NOISE = re.compile(rb'Unable to register (cuDNN|cuFFT|cuBLAS) factory: Attempting to register '
                    rb'factory for plugin \w+ when one has already been registered')
@@ -29,23 +31,27 @@ def without_noise(captured: bytes) -> bytes:
 
 def import_tensorflow() -> None:
   """Imports TensorFlow (once), with `NOISE` filtered from what it writes to
-  stderr meanwhile. A no-op once TensorFlow is imported, and a plain import
-  where stderr has no file descriptor (some notebook kernels)."""
+  file descriptor 2 meanwhile. A no-op once TensorFlow is imported."""
   if 'tensorflow' in sys.modules:
     return
+  # TensorFlow's C++ logging writes to file descriptor 2 whatever `sys.stderr`
+  # is (a notebook kernel replaces it, and its `fileno()` may be another fd).
+  stderr_fd = _STDERR_FD
   try:
-    stderr_fd = sys.stderr.fileno()
-  except (AttributeError, OSError, ValueError):
+    os.fstat(stderr_fd)
+  except OSError:  # No stderr at all: nothing to filter.
     import tensorflow  # pylint: disable=g-import-not-at-top,unused-import
     return
-  sys.stderr.flush()
+  if sys.stderr is not None:
+    sys.stderr.flush()
   saved = os.dup(stderr_fd)
   with tempfile.TemporaryFile() as captured:
     os.dup2(captured.fileno(), stderr_fd)
     try:
       import tensorflow  # pylint: disable=g-import-not-at-top,unused-import,redefined-outer-name
     finally:
-      sys.stderr.flush()
+      if sys.stderr is not None:
+        sys.stderr.flush()
       os.dup2(saved, stderr_fd)
       os.close(saved)
       captured.seek(0)

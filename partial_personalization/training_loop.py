@@ -26,9 +26,11 @@ are not finite is refused before it is committed.
 """
 
 import asyncio
+import concurrent.futures
 import contextlib
 import dataclasses
 import glob
+import logging as py_logging
 import os
 import shutil
 import sqlite3
@@ -60,6 +62,29 @@ class NonFiniteError(RuntimeError):
 
 class StorageError(RuntimeError):
   """A write to the run directory failed (disk full, read-only, permission)."""
+
+
+def run_coroutine(coroutine):
+  """Runs a `tff.program` coroutine to completion and returns its result.
+
+  `asyncio.run` refuses to run inside a running event loop, which is where a
+  Jupyter notebook's code runs: there the coroutine runs in a worker thread
+  with a loop of its own. TensorFlow's INFO lines meanwhile (the SavedModel
+  writer logs "Assets written to ..." per checkpoint, which would bury a
+  notebook's output) are held back; warnings and errors pass.
+  """
+  tf_logger = tf.get_logger()
+  level = tf_logger.level
+  tf_logger.setLevel(max(level, py_logging.WARNING))
+  try:
+    try:
+      asyncio.get_running_loop()
+    except RuntimeError:
+      return asyncio.run(coroutine)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+      return pool.submit(asyncio.run, coroutine).result()
+  finally:
+    tf_logger.setLevel(level)
 
 
 @contextlib.contextmanager
@@ -320,13 +345,13 @@ def _run_training(runner, *, run_dir, store, client_ids, make_dataset, total_rou
   state_manager = tff.program.FileProgramStateManager(
       checkpoint_dir, prefix=_CHECKPOINT_PREFIX, keep_total=3, keep_first=False)
   state = runner.initialize()
-  versions = asyncio.run(state_manager.get_versions()) or []
+  versions = run_coroutine(state_manager.get_versions()) or []
   _verify_saved_state(checkpoint_dir, store, total_rounds, versions)
   committed = store.committed_round
   if committed > 0:
     path = _checkpoint_path(checkpoint_dir, committed)
     try:
-      state = asyncio.run(state_manager.load(committed, state))
+      state = run_coroutine(state_manager.load(committed, state))
     except Exception as e:
       raise CheckpointError(
           f'cannot resume: round {committed} is committed in {store.path} but its '
@@ -370,10 +395,10 @@ def _run_training(runner, *, run_dir, store, client_ids, make_dataset, total_rou
         flat.update({f'eval/{k}': v for k, v in eval_fn(state, round_num).items()})
       with _writing(run_dir, store):
         for release in releases:
-          asyncio.run(release.release(flat, key=round_num))
+          run_coroutine(release.release(flat, key=round_num))
       if round_num % rounds_per_checkpoint == 0 or round_num == last:
         with _writing(checkpoint_dir, store):
-          asyncio.run(state_manager.save(state, round_num))
+          run_coroutine(state_manager.save(state, round_num))
         with _writing(store.path, store):
           store.commit(round_num, integrity.tree_sha256(_checkpoint_path(checkpoint_dir, round_num)))
       bar.set_postfix({k.split('/')[-1]: f'{v:.4g}' for k, v in flat.items()

@@ -2,6 +2,7 @@
 numbers of an uninterrupted one), and every fault of issue 15 ends in a clear
 error that names the file, with nothing deleted."""
 
+import asyncio
 import os
 import shutil
 import sqlite3
@@ -213,6 +214,17 @@ def test_disk_full_is_one_clear_error_and_the_run_resumes(process, two_rounds, m
   monkeypatch.undo()
   resumed, _ = _run(process, two_rounds)
   assert resumed.resumed_from == 2 and resumed.rounds_run == ROUNDS - 2
+
+
+
+
+def test_saved_state_is_written_inside_a_running_event_loop():
+  """Jupyter runs cells inside an event loop, where asyncio.run is refused."""
+  async def in_a_notebook():
+    return training_loop.run_coroutine(asyncio.sleep(0, result='saved'))
+
+  assert asyncio.run(in_a_notebook()) == 'saved'
+  assert training_loop.run_coroutine(asyncio.sleep(0, result='plain')) == 'plain'
 
 
 if __name__ == '__main__':
