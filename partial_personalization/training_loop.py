@@ -147,10 +147,20 @@ class FedAvgRunner(RoundRunner):
 
   def run_round(self, state, round_num, client_ids, datasets):
     output = self.process.next(state, datasets)
-    return output.state, output.metrics
+    return output.state, one_naming(output.metrics)
 
   def global_weights(self, state):
     return self.process.get_model_weights(state)
+
+
+def one_naming(metrics):
+  """TFF's FedAvg and FedRecon report the client metrics one level deeper
+  (`client_work/train/loss`) than our processes (`client_work/loss`): lifted,
+  so curves of every algorithm share names in metrics.csv and TensorBoard."""
+  client_work = metrics.get('client_work') if hasattr(metrics, 'get') else None
+  if hasattr(client_work, 'keys') and set(client_work.keys()) == {'train'}:
+    metrics = dict(metrics, client_work=client_work['train'])
+  return metrics
 
 
 @dataclasses.dataclass

@@ -227,5 +227,13 @@ def test_saved_state_is_written_inside_a_running_event_loop():
   assert training_loop.run_coroutine(asyncio.sleep(0, result='plain')) == 'plain'
 
 
+def test_fedavg_metrics_take_the_names_of_ours():
+  fedavg = {'client_work': {'train': {'loss': 2.0, 'accuracy': 0.1}}, 'aggregator': {}}
+  ours = {'client_work': {'loss': 2.0, 'accuracy': 0.1}, 'aggregator': {}}
+  assert training_loop.flatten_metrics(training_loop.one_naming(fedavg)) == \
+      training_loop.flatten_metrics(ours) == {'client_work/loss': 2.0, 'client_work/accuracy': 0.1}
+  assert training_loop.one_naming(ours) == ours
+
+
 if __name__ == '__main__':
   sys.exit(pytest.main([__file__, '-q']))

@@ -40,7 +40,7 @@ def test_fedavg_then_personalization(cache_dir, tmp_path):
   fedavg = train_lib.train(_config(cache_dir, out, 'fedavg', algorithm='fedavg',
                                    personalization='none', rounds_per_eval=2))
   metrics = pd.read_csv(os.path.join(fedavg['run_dir'], 'metrics.csv'))
-  loss = metrics['train/client_work/train/loss']
+  loss = metrics['train/client_work/loss']
   assert loss.iloc[-1] < loss.iloc[0] - 0.5, list(loss)
   # Heldout evaluation every 2 rounds (and none in between).
   heldout = metrics['eval/heldout_loss']
