@@ -66,3 +66,23 @@ def build_process(algorithm, tau_u=1, tau_v=1, local_unit='epochs', server_lr=1.
       personal_optimizer=tff.learning.optimizers.build_sgdm(PERSONAL_LR),
       server_optimizer=tff.learning.optimizers.build_sgdm(server_lr),
       local_unit=local_unit, client_weighting=weighting, **passes)
+
+
+# FFGG on the same model (ffgg_test, byzantine_test): client sizes differ and
+# batches of 2 make the full-batch mean matter.
+FFGG_CLIENTS = {'a': ([1.0, 2.0, -1.0], [2.0, 1.0, 0.5]), 'b': ([0.5, -1.0], [1.0, 0.0])}
+GAMMA, ALPHA = 0.3, 0.05  # Server step size, fine-tuning step size (client LR: LR).
+
+
+def build_ffgg(tau_v=2, local_steps=1, **kwargs):
+  return personalized_process.build_ffgg_process(
+      tm.model_fn, loss_fn=tf.keras.losses.MeanSquaredError,
+      client_optimizer=tff.learning.optimizers.build_sgdm(LR),
+      personal_optimizer=tff.learning.optimizers.build_sgdm(ALPHA),
+      server_optimizer=tff.learning.optimizers.build_sgdm(GAMMA),
+      finetune_steps=tau_v, local_steps=local_steps,
+      client_weighting=tff.learning.ClientWeighting.NUM_EXAMPLES, **kwargs)
+
+
+def ffgg_datasets():
+  return [tm.dataset(xs, ys, batch_size=2) for xs, ys in FFGG_CLIENTS.values()]

@@ -9,39 +9,20 @@ import sys
 
 import numpy as np
 import pytest
-import tensorflow as tf
-import tensorflow_federated as tff
 
 from partial_personalization import byzantine
 from partial_personalization import client_state
-from partial_personalization import personalized_process
 from partial_personalization import training_loop
+import algorithm_reference as ref
 import testing_models as tm
 
-CLIENTS = {  # (x, y); sizes differ, batches of 2 make the full-batch mean matter.
-    'a': ([1.0, 2.0, -1.0], [2.0, 1.0, 0.5]),
-    'b': ([0.5, -1.0], [1.0, 0.0]),
-}
-GAMMA, ALPHA, LR = 0.3, 0.05, 0.1
-
-
-def _process(tau_v=2, local_steps=1, **kwargs):
-  return personalized_process.build_ffgg_process(
-      tm.model_fn, loss_fn=tf.keras.losses.MeanSquaredError,
-      client_optimizer=tff.learning.optimizers.build_sgdm(LR),
-      personal_optimizer=tff.learning.optimizers.build_sgdm(ALPHA),
-      server_optimizer=tff.learning.optimizers.build_sgdm(GAMMA),
-      finetune_steps=tau_v, local_steps=local_steps,
-      client_weighting=tff.learning.ClientWeighting.NUM_EXAMPLES, **kwargs)
+CLIENTS, GAMMA = ref.FFGG_CLIENTS, ref.GAMMA
+_datasets = ref.ffgg_datasets
 
 
 @pytest.fixture(scope='module')
 def ffgg():
-  return _process()
-
-
-def _datasets():
-  return [tm.dataset(xs, ys, batch_size=2) for xs, ys in CLIENTS.values()]
+  return ref.build_ffgg()
 
 
 def test_byzantine_clients_send_the_attack_and_robust_aggregation_resists(ffgg, tmp_path):

@@ -9,39 +9,23 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
-import tensorflow_federated as tff
 
-from partial_personalization import personalized_process
+import algorithm_reference as ref
 import testing_models as tm
 
-CLIENTS = {  # (x, y); sizes differ, batches of 2 make the full-batch mean matter.
-    'a': ([1.0, 2.0, -1.0], [2.0, 1.0, 0.5]),
-    'b': ([0.5, -1.0], [1.0, 0.0]),
-}
-GAMMA, ALPHA, LR = 0.3, 0.05, 0.1
+CLIENTS = ref.FFGG_CLIENTS
+GAMMA, ALPHA, LR = ref.GAMMA, ref.ALPHA, ref.LR
+_process = ref.build_ffgg
+_datasets = ref.ffgg_datasets
 
 
 def _full_grad(u, v, xs, ys):
   return float(np.mean([2.0 * ((u + v) * x - y) * x for x, y in zip(xs, ys)]))
 
 
-def _process(tau_v=2, local_steps=1, **kwargs):
-  return personalized_process.build_ffgg_process(
-      tm.model_fn, loss_fn=tf.keras.losses.MeanSquaredError,
-      client_optimizer=tff.learning.optimizers.build_sgdm(LR),
-      personal_optimizer=tff.learning.optimizers.build_sgdm(ALPHA),
-      server_optimizer=tff.learning.optimizers.build_sgdm(GAMMA),
-      finetune_steps=tau_v, local_steps=local_steps,
-      client_weighting=tff.learning.ClientWeighting.NUM_EXAMPLES, **kwargs)
-
-
 @pytest.fixture(scope='module')
 def ffgg():
   return _process()
-
-
-def _datasets():
-  return [tm.dataset(xs, ys, batch_size=2) for xs, ys in CLIENTS.values()]
 
 
 def test_server_step_is_a_plain_gradient_step(ffgg):
