@@ -32,7 +32,7 @@ import pandas as pd
 from partial_personalization import evaluation
 from partial_personalization import personalized_process
 from partial_personalization import plots
-from partial_personalization import progress
+from partial_personalization import progress as progress_lib
 from partial_personalization import runtime
 from runners import builders_lib
 from runners import config_lib
@@ -188,7 +188,7 @@ def _finetune_and_evaluate(common: dict, settings: GroupSettings, model_dirs: di
   evaluate = builders_lib.build_evaluation(task)
   start, tuned = [], []
   by_model = pd.Series(assignment).groupby(lambda c: assignment[c])
-  with progress.bar(total=2 * len(assignment), desc='local finetuning', unit='client',
+  with progress_lib.bar(total=2 * len(assignment), desc='local finetuning', unit='client',
                  disable=not progress) as bar:
     for key, clients in by_model:
       ids = sorted(clients.index)

@@ -4,7 +4,7 @@
 import numpy as np
 
 from partial_personalization import groups as groups_lib
-from partial_personalization import progress
+from partial_personalization import progress as progress_lib
 
 
 _GROUPS_CACHE = {}
@@ -24,7 +24,7 @@ def client_groups(task, config) -> dict[str, str]:
 def _label_histograms(task, ids) -> dict:
   """Label counts of each client's train split (for k-means groups)."""
   counts = {}
-  for c in progress.bar(ids, desc='label histograms', unit='client'):
+  for c in progress_lib.bar(ids, desc='label histograms', unit='client'):
     labels = [np.asarray(batch[1]).ravel()
               for batch in task.eval_dataset('train', c).as_numpy_iterator()]
     counts[c] = np.bincount(np.concatenate(labels).astype(np.int64)) if labels else np.zeros(1)

@@ -13,7 +13,7 @@ from partial_personalization import evaluation
 from partial_personalization import evaluation_protocol
 from partial_personalization import integrity
 from partial_personalization import personalized_process
-from partial_personalization import progress
+from partial_personalization import progress as progress_lib
 from partial_personalization import training_loop
 from runners import builders_lib
 from runners import config_lib
@@ -130,7 +130,7 @@ def write_report(config, task, evaluate, final_named, store, start_weights, *,
   test_sets = population_lib.eval_datasets(task, 'test', ids)
   h_ids = [c for c in ids if c in heldout_ids]
   total = (3 if _finetune_epochs(config) else 2) * len(ids) + 2 * len(h_ids)
-  with progress.bar(total=total, desc='evaluating clients', unit='client',
+  with progress_lib.bar(total=total, desc='evaluating clients', unit='client',
                  disable=not config.progress) as bar:
     evaluate, u, personal = _report_weights(config, task, evaluate, final_named, store, ids, bar)
     bar.set_description('evaluating personalized models')

@@ -25,7 +25,7 @@ from typing import Iterator
 import numpy as np
 import tensorflow as tf
 
-from partial_personalization import progress
+from partial_personalization import progress as progress_lib
 
 DATABASE_FILENAME = 'emnist_all.sqlite'
 NUM_PIXELS = 28 * 28
@@ -93,7 +93,7 @@ def _read_split(leaf_dir: str, split: str, stats: ConversionStats) -> dict:
         f'no LEAF FEMNIST files in {os.path.join(leaf_dir, split)}; --femnist_dir must hold '
         'train/*.json and test/*.json (e.g. ../shared/data/femnist)')
   writers = {}
-  for path in progress.bar(paths, desc=f'reading FEMNIST {split}', unit='file', leave=False):
+  for path in progress_lib.bar(paths, desc=f'reading FEMNIST {split}', unit='file', leave=False):
     stats.files += 1
     for writer, pixels, labels in iter_leaf_file(path):
       if writer in writers:  # A writer split over files: keep file order.
@@ -135,7 +135,7 @@ def convert(leaf_dir: str, output_dir: str) -> ConversionStats:
       CREATE TABLE client_metadata (client_id TEXT NOT NULL, split_name TEXT NOT NULL,
                                     num_examples INTEGER NOT NULL);""")
   for split, (all_name, digits_name) in _SPLITS.items():
-    for writer in progress.bar(both, desc=f'writing {split}', unit='writer', leave=False):
+    for writer in progress_lib.bar(both, desc=f'writing {split}', unit='writer', leave=False):
       pixels, labels = data[split][writer]
       for name, keep in ((all_name, np.ones_like(labels, bool)), (digits_name, labels < 10)):
         rows = [(name, writer, example_proto(p, y)) for p, y in zip(pixels[keep], labels[keep])]
