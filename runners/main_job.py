@@ -64,6 +64,11 @@ _PERSONAL_LR = flags.DEFINE_float('personal_learning_rate', None,
 _CLIP_NORM = flags.DEFINE_float('clip_norm', 0.0, 'Global-norm clipping of local steps.')
 _MAX_EXAMPLES = flags.DEFINE_integer('max_examples_per_client', 128, 'Examples a client uses '
                                      'per round (and in the finetuning before test).')
+_ROUNDS_PER_EVAL = flags.DEFINE_integer(
+    'rounds_per_eval', 2, 'Heldout evaluation every k rounds of each run (curves in '
+    'TensorBoard and metrics.csv; 0: never).')
+_PRETRAIN_ROUNDS_PER_EVAL = flags.DEFINE_integer(
+    'pretrain_rounds_per_eval', 6, 'Heldout evaluation every k pretraining rounds.')
 _FINETUNE_EPOCHS = flags.DEFINE_integer(
     'finetune_epochs', 1, 'Epochs of finetuning of each personal part before test.')
 
@@ -76,7 +81,7 @@ def _config(name, seed, **kwargs) -> config_lib.TrainConfig:
       client_learning_rate=_CLIENT_LR.value, personal_learning_rate=_PERSONAL_LR.value,
       clip_norm=_CLIP_NORM.value, clients_per_round=_CLIENTS_PER_ROUND.value,
       total_rounds=_ROUNDS.value, max_examples_per_client=_MAX_EXAMPLES.value, seed=seed,
-      rounds_per_checkpoint=5)
+      rounds_per_checkpoint=5, rounds_per_eval=_ROUNDS_PER_EVAL.value)
   common.update(kwargs)
   return config_lib.TrainConfig(experiment_name=name, **common)
 
@@ -137,7 +142,8 @@ def _run():
         'fedavg_pretrain', seeds[0], algorithm='fedavg', personalization='none',
         total_rounds=_PRETRAIN_ROUNDS.value, clients_per_round=_PRETRAIN_CLIENTS.value,
         client_learning_rate=_PRETRAIN_LR.value, max_examples_per_client=_PRETRAIN_EXAMPLES.value,
-        server_lr_schedule='warmup_decay', server_warmup_fraction=0.0))
+        server_lr_schedule='warmup_decay', server_warmup_fraction=0.0,
+        rounds_per_eval=_PRETRAIN_ROUNDS_PER_EVAL.value))
     for seed in seeds:
       summaries = {}
       for name, config in _seed_runs(seed, out, pretrain).items():
