@@ -84,8 +84,8 @@ def baseline_results(config, task, baseline_named, start_weights, splits, bar,
   """
   cache_dir = config.baseline_model if config.baseline_model and os.path.isdir(
       config.baseline_model) else None
-  cache = evaluation_protocol.BaselineCache(
-      cache_dir, cache_dir and os.path.join(cache_dir, 'model.npz'))
+  cache = evaluation_protocol.BaselineCache(cache_dir,
+                                            cache_dir and weights_lib.model_file(cache_dir))
   results, u = {}, None
   for split, (ids, sets) in splits.items():
     cached = cache.read(split, ids)
@@ -162,19 +162,15 @@ def write_report(config, task, evaluate, final_named, store, start_weights, *,
   return summary
 
 
-def _model_file(path: str) -> str:
-  return os.path.join(path, 'model.npz') if os.path.isdir(path) else path
-
-
 def report_key(config, store) -> str:
   """What a finished run's report depends on: its settings (flags.json), its
   final model, its committed round (the personal state of a committed round
   never changes), and the models it compares with (sha256 of the files)."""
   parts = [config.run_dir, str(store.committed_round)]
   for path in (os.path.join(config.run_dir, 'flags.json'),
-               os.path.join(config.run_dir, 'model.npz'),
-               config.baseline_model and _model_file(config.baseline_model),
-               config.init_from and _model_file(config.init_from),
+               weights_lib.model_file(config.run_dir),
+               config.baseline_model and weights_lib.model_file(config.baseline_model),
+               config.init_from and weights_lib.model_file(config.init_from),
                config.init_checkpoint):
     parts.append(integrity.file_sha256(path) if path and os.path.exists(path) else '-')
   return hashlib.sha256('\n'.join(parts).encode()).hexdigest()

@@ -11,9 +11,14 @@ from absl import logging
 from partial_personalization import partition as partition_lib
 
 
+def model_file(path: str) -> str:
+  """A run directory's final model (`<path>/model.npz`), or `path` itself."""
+  return os.path.join(path, 'model.npz') if os.path.isdir(path) else path
+
+
 def load_init_weights(init_from: str) -> dict:
   """`--init_from`: a run directory (its model.npz) or an .npz file."""
-  path = os.path.join(init_from, 'model.npz') if os.path.isdir(init_from) else init_from
+  path = model_file(init_from)
   if not os.path.exists(path):
     raise FileNotFoundError(
         f'--init_from={init_from}: {path} not found. Point it at a finished '

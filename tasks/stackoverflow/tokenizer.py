@@ -58,8 +58,8 @@ def _patterns() -> tuple[re.Pattern, re.Pattern]:
   but not combining marks (Devanagari vowel signs, accents NFKC cannot
   compose), so their ranges are added to words.
   """
-  drop = _ranges(lambda ch: unicodedata.category(ch) == 'Cf' or (
-      unicodedata.category(ch) == 'Cc' and ch not in '\n\t'))
+  drop = _ranges(lambda ch: (category := unicodedata.category(ch)) == 'Cf' or (
+      category == 'Cc' and ch not in '\n\t'))
   marks = _ranges(lambda ch: unicodedata.category(ch).startswith('M'))
   word = f'[\\w{marks}]+'
   tokens = re.compile(f"({_URL.pattern})|\\d+(?:[.,]\\d+)+(?!\\w)|{word}(?:'{word})*|\\S")
