@@ -30,8 +30,15 @@ from runners import report_lib
 from runners import weights_lib
 
 
-def train(config: config_lib.TrainConfig) -> dict:
+def train(config: config_lib.TrainConfig, *, on_eval=None) -> dict:
   """Runs or resumes one experiment.
+
+  Args:
+    config: the run's settings.
+    on_eval: optional `on_eval(round_num, named_weights, metrics)`, called
+      after each periodic heldout evaluation with the global model of that
+      round (named weights, the personal part at v_0) and its heldout metrics;
+      e.g. the pretraining stage keeps a snapshot of the model there.
 
   Returns:
     dict: run_dir, summary (report summary or None), rounds_run, seconds,
@@ -64,12 +71,12 @@ def train(config: config_lib.TrainConfig) -> dict:
       # Before flags.json is rewritten with the new total.
       training_loop.check_total_rounds(store, config.total_rounds)
       config_lib.write_flags(config)
-      return _train(config, task, train_ids, named_init, store)
+      return _train(config, task, train_ids, named_init, store, on_eval)
     finally:
       store.close()
 
 
-def _train(config, task, train_ids, named_init, store) -> dict:
+def _train(config, task, train_ids, named_init, store, on_eval) -> dict:
   """`train` once the run directory is locked and its saved state checked."""
   runner = builders_lib.build_runner(config, task, named_init, store, population=train_ids,
                                      make_dataset=task.train_dataset)
@@ -98,8 +105,11 @@ def _train(config, task, train_ids, named_init, store) -> dict:
     v = store.read(eval_ids, before_round=round_num + 1)
     df = evaluation.evaluate_clients(evaluate, u, v, eval_sets, eval_ids, metric)
     df = df[df.tokens > 0]  # A small client's random heldout part can be empty.
-    return {f'heldout_{metric}': float(np.average(df[metric], weights=df.tokens)),
-            'heldout_loss': float(np.average(df.loss, weights=df.tokens))}
+    metrics = {f'heldout_{metric}': float(np.average(df[metric], weights=df.tokens)),
+               'heldout_loss': float(np.average(df.loss, weights=df.tokens))}
+    if on_eval is not None:
+      on_eval(round_num, task.partition.merge(u, store.initial), metrics)
+    return metrics
 
   result = training_loop.run_training(
       runner, run_dir=config.run_dir, store=store, client_ids=train_ids,

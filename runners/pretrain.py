@@ -1,0 +1,35 @@
+"""Pretrains the stored global model (FedAvg on every client of the conversion).
+
+  bazel run //runners:pretrain
+
+See runners/pretrain_lib.py.
+"""
+
+from absl import app
+from absl import flags
+
+from runners import flags_lib
+from runners import paths
+from runners import pretrain_lib
+
+flags_lib.define_executor_flags()
+flags.adopt_module_key_flags(flags_lib)
+_DUMP_DIRS = flags.DEFINE_list('dump_dirs', ['../shared/data/stackexchange'],
+                               'Stack Exchange site folders, or folders of them.')
+_OUTPUT_DIR = flags.DEFINE_string('output_dir', 'output/pretrain',
+                                  'Pretraining folder: data/, fedavg/ (the run).')
+_MIN_EXAMPLES = flags.DEFINE_integer('min_examples', 500,
+                                     'Sentences a client needs to be kept (as the main job).')
+_ROUNDS = flags.DEFINE_integer('rounds', pretrain_lib.PretrainRecipe.rounds, 'FedAvg rounds.')
+
+
+def _run():
+  out = paths.resolve_path(_OUTPUT_DIR.value)
+  flags_lib.convert_if_missing(_DUMP_DIRS.value, f'{out}/data', _MIN_EXAMPLES.value)
+  with flags_lib.tff_runtime():
+    result = pretrain_lib.pretrain(pretrain_lib.PretrainRecipe(rounds=_ROUNDS.value), out)
+  print(f"{result['rounds_run']} rounds in {result['seconds']:.0f} s; run: {result['run_dir']}")
+
+
+if __name__ == '__main__':
+  app.run(flags_lib.job_main(_run))
