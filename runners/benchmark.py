@@ -10,9 +10,9 @@ appended to <output_dir>/benchmark.csv as they come (a rerun skips finished
 cases); the table goes to benchmark.md and stdout.
 """
 
+from runners import cli  # First: TensorFlow without its start-up noise.
 import os
 
-from absl import app
 from absl import flags
 
 from partial_personalization import runtime
@@ -59,7 +59,7 @@ def _run():
       raise ValueError(f'--algorithms: unknown {name!r}; known: {benchmark_lib.ALGORITHMS}')
   out = paths.resolve_path(_OUTPUT_DIR.value)
   data_dir = os.path.join(out, 'data')
-  flags_lib.convert_if_missing(_DUMP_DIRS.value, data_dir, min_examples=200)  # as the main job
+  flags_lib.ensure_converted(_DUMP_DIRS.value, data_dir, min_examples=200)  # as the main job
   settings = benchmark_lib.Settings(
       data_dir=data_dir, rounds=_ROUNDS.value, warmup_rounds=_WARMUP.value,
       max_examples_per_client=_MAX_EXAMPLES.value, eval_clients=_EVAL_CLIENTS.value,
@@ -86,4 +86,4 @@ def _run():
 
 
 if __name__ == '__main__':
-  app.run(flags_lib.job_main(_run))
+  cli.run(flags_lib.job_main(_run))

@@ -21,6 +21,7 @@ from partial_personalization import optimizers
 from partial_personalization import personalized_process
 from partial_personalization import robust_aggregators
 from partial_personalization import task as task_lib
+from runners import paths
 from tasks import registry
 
 # TFF's own algorithms; ours are `personalized_process.BUILDERS` (read when a
@@ -35,6 +36,10 @@ CLIENT_WEIGHTING = {'examples': tff.learning.ClientWeighting.NUM_EXAMPLES,
                     'uniform': tff.learning.ClientWeighting.UNIFORM}
 # Flags that may change when a run is resumed; all others must match.
 _RESUMABLE = {'total_rounds', 'rounds_per_eval', 'rounds_per_checkpoint', 'progress'}
+# Settings that are paths: given or defaulted, a relative one is resolved
+# against the user's directory (`paths.resolve_path`: under `bazel run`, the
+# workspace), here and nowhere else.
+PATH_FIELDS = ('root_output_dir', 'cache_dir', 'init_from', 'init_checkpoint', 'baseline_model')
 
 
 @dataclasses.dataclass
@@ -114,6 +119,8 @@ class TrainConfig:
     if self.task not in registry.TASKS:
       raise ValueError(f'--task must be one of {sorted(registry.TASKS)}, got {self.task!r}')
     self._resolve_task_defaults()
+    for name in PATH_FIELDS:  # After the defaults: they resolve like given paths.
+      setattr(self, name, paths.resolve_path(getattr(self, name)))
     for name in ('client_optimizer', 'server_optimizer'):
       if getattr(self, name) not in optimizers.OPTIMIZERS:
         raise ValueError(f'--{name} must be one of {sorted(optimizers.OPTIMIZERS)}')

@@ -7,6 +7,7 @@ Then `bazel run //runners:train -- --task=emnist --cache_dir=data_cache/emnist .
 See tasks/emnist/convert_lib.py for the format.
 """
 
+from runners import cli  # First: TensorFlow without its start-up noise.
 from absl import app
 from absl import flags
 
@@ -30,4 +31,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

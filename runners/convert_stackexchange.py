@@ -6,7 +6,7 @@
 See tasks/stackoverflow/convert_lib.py for the construction and the split.
 """
 
-from absl import app
+from runners import cli  # First: TensorFlow without its start-up noise.
 from absl import flags
 
 from runners import flags_lib
@@ -32,4 +32,4 @@ def _run():
 
 if __name__ == '__main__':
   # Bad dumps, an existing output, a folder in use: `error: <message>`, exit 2.
-  app.run(flags_lib.job_main(_run))
+  cli.run(flags_lib.job_main(_run))

@@ -21,10 +21,10 @@ Resumable: run it again and finished cells are skipped. `--num_shards` and
 under a file lock); run a last time without `--cells` to write the full table.
 """
 
+from runners import cli  # First: TensorFlow without its start-up noise.
 import fcntl
 import os
 
-from absl import app
 from absl import flags
 
 from runners import flags_lib
@@ -110,7 +110,7 @@ def _prepare_data(out: str) -> dict:
 def _convert_task_data(out: str) -> dict:
   task, data_dir = _TASK.value, os.path.join(out, 'data')
   if task == 'stackoverflow':
-    flags_lib.convert_if_missing(_DUMP_DIRS.value, data_dir, _MIN_EXAMPLES.value)
+    flags_lib.ensure_converted(_DUMP_DIRS.value, data_dir, _MIN_EXAMPLES.value)
     return dict(cache_dir=data_dir, model_size=_MODEL_SIZE.value)
   if task == 'emnist':
     emnist_convert_lib.convert_if_missing(paths.resolve_path(_FEMNIST_DIR.value), data_dir)
@@ -184,4 +184,4 @@ def _run_grid(out: str, seed: int, data: dict):
 
 
 if __name__ == '__main__':
-  app.run(flags_lib.job_main(_run))
+  cli.run(flags_lib.job_main(_run))

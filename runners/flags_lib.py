@@ -156,14 +156,10 @@ def define_train_flags():
       flags.DEFINE_string(field.name, default, help_text)
 
 
-_PATH_FIELDS = ('root_output_dir', 'cache_dir', 'init_from', 'baseline_model')
-
-
 def config_from_flags(**overrides) -> config_lib.TrainConfig:
+  """The flags' `TrainConfig` (relative paths resolve in `TrainConfig`)."""
   values = {f.name: FLAGS[f.name].value for f in dataclasses.fields(config_lib.TrainConfig)}
   values.update(overrides)
-  for name in _PATH_FIELDS:
-    values[name] = paths.resolve_path(values[name])
   return config_lib.TrainConfig(**values)
 
 
@@ -215,14 +211,12 @@ def job_main(run_fn):
   return main
 
 
-def convert_if_missing(dump_dirs, data_dir: str, min_examples: int) -> None:
-  """Converts the Stack Exchange dumps into `data_dir` unless already there."""
-  if os.path.exists(os.path.join(data_dir, convert_lib.DATABASE_FILENAME)):
-    return
-  print('== converting the Stack Exchange dumps')
-  stats = convert_lib.convert([paths.resolve_path(d) for d in dump_dirs],
-                              data_dir, min_examples=min_examples)
-  print(stats.summary())
+def ensure_converted(dump_dirs, data_dir: str, min_examples: int) -> None:
+  """Converts the Stack Exchange dumps into `data_dir`, or reuses the
+  conversion there if it was made from the same dumps and settings (else a
+  one-line error naming both; `convert_lib.ensure_converted`)."""
+  convert_lib.ensure_converted([paths.resolve_path(d) for d in dump_dirs], data_dir,
+                               min_examples=min_examples)
 
 
 def quiet_logs():

@@ -11,9 +11,9 @@ group stage's client updates: global + extra, global + extra + local) (`report/s
 `report.png` in `--output_dir`). Every stage resumes when run again.
 """
 
+from runners import cli  # First: TensorFlow without its start-up noise.
 import os
 
-from absl import app
 from absl import flags
 
 from runners import flags_lib
@@ -66,7 +66,7 @@ _PROGRESS = flags.DEFINE_bool('progress', True, 'Show progress bars.')
 def _run():
   out = paths.resolve_path(_OUTPUT_DIR.value)
   data_dir = os.path.join(out, 'data')
-  flags_lib.convert_if_missing(_DUMP_DIRS.value, data_dir, _MIN_EXAMPLES.value)
+  flags_lib.ensure_converted(_DUMP_DIRS.value, data_dir, _MIN_EXAMPLES.value)
   common = dict(root_output_dir=out, cache_dir=data_dir, model_size=_MODEL_SIZE.value,
                 client_optimizer=_CLIENT_OPTIMIZER.value,
                 client_learning_rate=_CLIENT_LR.value,
@@ -90,4 +90,4 @@ def _run():
 
 
 if __name__ == '__main__':
-  app.run(flags_lib.job_main(_run))
+  cli.run(flags_lib.job_main(_run))

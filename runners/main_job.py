@@ -20,6 +20,7 @@ the budget), so the intervals cover the personalization stage, not the
 pretraining. Every stage resumes where it stopped when the command is run again.
 """
 
+from runners import cli  # First: TensorFlow without its start-up noise.
 import os
 
 from absl import app
@@ -134,7 +135,7 @@ def _run():
     raise app.UsageError('--seeds needs at least 2 distinct seeds (intervals over seeds)')
   out = paths.resolve_path(_OUTPUT_DIR.value)
   data_dir = os.path.join(out, 'data')
-  flags_lib.convert_if_missing(_DUMP_DIRS.value, data_dir, _MIN_EXAMPLES.value)
+  flags_lib.ensure_converted(_DUMP_DIRS.value, data_dir, _MIN_EXAMPLES.value)
   pretrain = os.path.join(out, 'fedavg_pretrain')
   rows, per_client, tables = [], {}, []
   with flags_lib.tff_runtime():
@@ -181,4 +182,4 @@ def _run():
 
 
 if __name__ == '__main__':
-  app.run(flags_lib.job_main(_run))
+  cli.run(flags_lib.job_main(_run))

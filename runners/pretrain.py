@@ -5,7 +5,7 @@
 See runners/pretrain_lib.py.
 """
 
-from absl import app
+from runners import cli  # First: TensorFlow without its start-up noise.
 from absl import flags
 
 from runners import flags_lib
@@ -25,11 +25,11 @@ _ROUNDS = flags.DEFINE_integer('rounds', pretrain_lib.PretrainRecipe.rounds, 'Fe
 
 def _run():
   out = paths.resolve_path(_OUTPUT_DIR.value)
-  flags_lib.convert_if_missing(_DUMP_DIRS.value, f'{out}/data', _MIN_EXAMPLES.value)
+  flags_lib.ensure_converted(_DUMP_DIRS.value, f'{out}/data', _MIN_EXAMPLES.value)
   with flags_lib.tff_runtime():
     result = pretrain_lib.pretrain(pretrain_lib.PretrainRecipe(rounds=_ROUNDS.value), out)
   print(f"{result['rounds_run']} rounds in {result['seconds']:.0f} s; run: {result['run_dir']}")
 
 
 if __name__ == '__main__':
-  app.run(flags_lib.job_main(_run))
+  cli.run(flags_lib.job_main(_run))

@@ -6,9 +6,9 @@ The cache is TFF's EMNIST file, e.g. from //runners:convert_femnist. See
 runners/tff_baseline_lib.py and docs/tff_research_code.md.
 """
 
+from runners import cli  # First: TensorFlow without its start-up noise.
 import os
 
-from absl import app
 from absl import flags
 import tensorflow as tf
 
@@ -43,4 +43,4 @@ def _run():
 
 
 if __name__ == '__main__':
-  app.run(flags_lib.job_main(_run))
+  cli.run(flags_lib.job_main(_run))

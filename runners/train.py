@@ -4,6 +4,7 @@
       --experiment_name=so_fedalt --init_from=output/so_fedavg
 """
 
+from runners import cli  # First: TensorFlow without its start-up noise.
 from absl import app
 from absl import flags
 
@@ -32,4 +33,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -10,6 +10,7 @@ the same tensorflow-federated version as the driver, and no data: the driver
 sends each worker its clients' datasets as serialized computations.
 """
 
+from runners import cli  # First: TensorFlow without its start-up noise.
 import importlib.util
 import os
 import signal
@@ -56,4 +57,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -19,7 +19,14 @@ Split (documented in docs/data.md): per client, posts are ordered by
 `max(1, round(0.1 n))` before them to `heldout` (none when n < 3), the rest to
 `train`, so no post
 straddles splits and every kept client has train and test data. A client is
-kept when it has at least `min_examples` sentences and at least 2 posts.
+kept when it has at least `min_examples` sentences and at least 2 posts; a
+setting that keeps no client is refused before any output is written.
+
+Provenance: `conversion.json` beside the database records what it was made
+from (each site's name and the sha256 of its Posts.xml, `min_examples`, the
+converter's version) and what it holds; `ensure_converted` reuses a folder only
+when that record matches the request, so changed settings are never silently
+served an old conversion.
 
 Word counts (TFF's `stackoverflow.word_count` format, `word count` per line,
 most frequent first) are computed from the train split, because TFF's own counts
@@ -41,6 +48,7 @@ import codecs
 import collections
 import dataclasses
 import html.parser
+import json
 import os
 import re
 import sqlite3
@@ -49,11 +57,16 @@ from typing import Iterator, Optional, Sequence
 
 import tensorflow as tf
 
+from partial_personalization import integrity
 from partial_personalization import run_lock
 from tasks.stackoverflow import tokenizer
 
 DATABASE_FILENAME = 'stackoverflow.sqlite'
 WORD_COUNT_FILENAME = 'stackoverflow.word_count'
+RECORD_FILENAME = 'conversion.json'
+# Raised when the same dumps and settings would give other files (tokenizer,
+# split or schema changes), so an older conversion is not taken for a new one.
+CONVERTER_VERSION = 2
 SPLITS = ('train', 'heldout', 'test')
 QUESTION, ANSWER = '1', '2'
 
@@ -66,6 +79,11 @@ _BREAK_TAGS = frozenset(
 
 class MalformedDumpError(ValueError):
   """A file is not a readable Stack Exchange `Posts.xml` dump."""
+
+
+class ConversionMismatchError(ValueError):
+  """A folder holds a conversion of other dumps or settings than asked for,
+  or one whose settings are unknown (an older version's, or unfinished)."""
 
 
 @dataclasses.dataclass
@@ -373,31 +391,144 @@ def convert(
   if os.path.exists(db_path) and not overwrite:
     raise FileExistsError(f'{db_path} exists; pass overwrite=True (--overwrite) to rebuild it.')
   sites = find_site_dirs(dump_dirs)
-  with run_lock.exclusive(output_dir, what='data folder'):
-    tmp_path = db_path + '.partial'
-    if os.path.exists(tmp_path):
-      os.remove(tmp_path)
-    stats = ConversionStats(sites=len(sites), coverage_vocab_size=coverage_vocab_size)
-    conn = sqlite3.connect(tmp_path)
-    try:
-      _stage_examples(conn, sites, stats)
-      _assign_splits(conn, min_examples, stats)
-      words = _write_word_counts(conn, output_dir, stats)
-      _compute_coverage(conn, set(words[:coverage_vocab_size]), stats)
-      _finalize_schema(conn)
-      conn.commit()
-      conn.execute('VACUUM')
-    finally:
-      conn.close()
-    # The database marks a finished conversion, so it goes first and comes
-    # back last: a crash in between leaves no database (converted again), never
-    # a database beside another conversion's word counts.
-    if os.path.exists(db_path):
-      os.remove(db_path)
-    word_counts = os.path.join(output_dir, WORD_COUNT_FILENAME)
-    os.replace(word_counts + '.partial', word_counts)
-    os.replace(tmp_path, db_path)
+  record = conversion_record(sites, min_examples)
+  # The folders this call creates (output_dir and missing parents), removed
+  # again when the conversion is refused, so a refusal leaves nothing behind.
+  created, folder = [], os.path.abspath(output_dir)
+  while not os.path.exists(folder):
+    created.append(folder)
+    folder = os.path.dirname(folder)
+  try:
+    with run_lock.exclusive(output_dir, what='data folder'):
+      stats = _convert_locked(sites, output_dir, db_path, min_examples, coverage_vocab_size,
+                              record)
+  except NoClientsError:
+    if created:
+      os.remove(os.path.join(output_dir, run_lock.LOCK_FILENAME))
+      for folder in created:  # Innermost first.
+        os.rmdir(folder)
+    raise
   return stats
+
+
+class NoClientsError(ValueError):
+  """`min_examples` keeps no client of the dumps."""
+
+
+def _convert_locked(sites, output_dir, db_path, min_examples, coverage_vocab_size, record):
+  tmp_path = db_path + '.partial'
+  if os.path.exists(tmp_path):
+    os.remove(tmp_path)
+  stats = ConversionStats(sites=len(sites), coverage_vocab_size=coverage_vocab_size)
+  conn = sqlite3.connect(tmp_path)
+  try:
+    _stage_examples(conn, sites, stats)
+    largest = conn.execute('SELECT COUNT(*) AS n FROM staged GROUP BY client_id '
+                           'ORDER BY n DESC LIMIT 1').fetchone()
+    _assign_splits(conn, min_examples, stats)
+    if not stats.clients_kept:
+      raise NoClientsError(
+          f'`min_examples`={min_examples} keeps no client of the {len(sites)} site(s): the '
+          f'largest client has {largest[0] if largest else 0} sentences (a client also '
+          'needs 2 posts). Lower `min_examples`; nothing was written.')
+    words = _write_word_counts(conn, output_dir, stats)
+    _compute_coverage(conn, set(words[:coverage_vocab_size]), stats)
+    _finalize_schema(conn)
+    conn.commit()
+    conn.execute('VACUUM')
+  except BaseException:
+    conn.close()
+    os.remove(tmp_path)
+    raise
+  conn.close()
+  record['contents'] = {'clients': stats.clients_kept, 'examples': stats.examples,
+                        'vocabulary': stats.vocab_size}
+  record_path = os.path.join(output_dir, RECORD_FILENAME)
+  with open(record_path + '.partial', 'w', encoding='utf-8') as f:
+    json.dump(record, f, indent=2, sort_keys=True)
+  # The database marks a finished conversion, so it goes first and comes
+  # back last: a crash in between leaves no database (converted again), never
+  # a database beside another conversion's word counts or record.
+  if os.path.exists(db_path):
+    os.remove(db_path)
+  word_counts = os.path.join(output_dir, WORD_COUNT_FILENAME)
+  os.replace(word_counts + '.partial', word_counts)
+  os.replace(record_path + '.partial', record_path)
+  os.replace(tmp_path, db_path)
+  return stats
+
+
+def conversion_record(sites: Sequence[tuple[str, str]], min_examples: int) -> dict:
+  """What a conversion is made from: the converter's version, `min_examples`
+  and each site's name with the sha256 of its Posts.xml (the content, so the
+  same dumps match wherever they lie)."""
+  return {'converter_version': CONVERTER_VERSION, 'min_examples': int(min_examples),
+          'sites': {name: integrity.file_sha256(path) for name, path in sites}}
+
+
+def read_record(output_dir: str) -> Optional[dict]:
+  """The folder's `conversion.json`, or None when it has none."""
+  path = os.path.join(output_dir, RECORD_FILENAME)
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path, encoding='utf-8') as f:
+      return json.load(f)
+  except ValueError as e:
+    raise ConversionMismatchError(
+        f'{path} is unreadable ({e}); convert again into a new folder (or delete '
+        f'{output_dir}).') from e
+
+
+def _describe(record: dict) -> str:
+  sites = record.get('sites', {})
+  return (f"`min_examples`={record.get('min_examples')} from {len(sites)} site(s) "
+          f"(converter version {record.get('converter_version')})")
+
+
+def ensure_converted(dump_dirs: Sequence[str], output_dir: str, *, min_examples: int,
+                     log=print) -> Optional[ConversionStats]:
+  """Converts `dump_dirs` into `output_dir`, or reuses the conversion there
+  when its record matches (same sites and content, `min_examples`, version).
+
+  Returns:
+    The new conversion's stats, or None when the existing one was reused.
+
+  Raises:
+    ConversionMismatchError: `output_dir` holds another conversion (the message
+      names both settings), or one without a record (an older version's).
+    NoClientsError, and what `convert` raises.
+  """
+  sites = find_site_dirs(dump_dirs)
+  wanted = conversion_record(sites, min_examples)
+  if not os.path.exists(os.path.join(output_dir, DATABASE_FILENAME)):
+    log(f'== converting {len(sites)} Stack Exchange site(s) into {output_dir}')
+    stats = convert(dump_dirs, output_dir, min_examples=min_examples)
+    log(stats.summary())
+    return stats
+  have = read_record(output_dir)
+  if have is None:
+    raise ConversionMismatchError(
+        f'{output_dir} holds a conversion without {RECORD_FILENAME}: an older version made '
+        'it, so its dumps and settings are unknown. Delete that folder to convert again, '
+        'or choose another `output_dir`.')
+  mismatch = [k for k in ('converter_version', 'min_examples') if have.get(k) != wanted[k]]
+  have_sites, want_sites = have.get('sites', {}), wanted['sites']
+  details = []
+  if sorted(have_sites) != sorted(want_sites):
+    details.append(f'sites only there: {sorted(set(have_sites) - set(want_sites))}, only '
+                   f'asked for: {sorted(set(want_sites) - set(have_sites))}')
+  changed = sorted(s for s in set(have_sites) & set(want_sites)
+                   if have_sites[s] != want_sites[s])
+  if changed:
+    details.append(f'dumps changed since: {changed}')
+  if mismatch or details:
+    raise ConversionMismatchError(
+        f'{output_dir} holds a conversion of {_describe(have)}; this job asks for '
+        f'{_describe(wanted)}{" (" + "; ".join(details) + ")" if details else ""}. Each '
+        'conversion needs its own folder: choose another `output_dir`, or delete this '
+        'one to convert again.')
+  return None
 
 
 def _stage_examples(conn, sites, stats):
@@ -559,6 +690,35 @@ def load_vocab(cache_dir: str, vocab_size: int) -> list[str]:
       word = line.rsplit(' ', 1)[0]
       vocab.append(word)
   return vocab
+
+
+def check_loadable(cache_dir: str) -> None:
+  """Checks that `cache_dir` holds a finished conversion with clients, before
+  TFF's loader reads it (its error on an empty database is a bare StopIteration).
+
+  Raises:
+    FileNotFoundError: no database (names the command that creates it).
+    ValueError: the database holds no client (an empty conversion, which
+      older versions wrote for a `min_examples` that kept no client), or is
+      not a conversion's database.
+  """
+  path = os.path.join(cache_dir, DATABASE_FILENAME)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(
+        f'{path} not found. Create it with: bazel run //runners:convert_stackexchange '
+        f'-- --dump_dirs=../shared/data/stackexchange --output_dir={cache_dir}')
+  try:
+    with sqlite3.connect(f'file:{path}?mode=ro', uri=True) as conn:
+      clients = conn.execute('SELECT COUNT(DISTINCT client_id) FROM client_metadata '
+                             "WHERE split_name = 'train'").fetchone()[0]
+  except sqlite3.DatabaseError as e:
+    raise ValueError(f'{path} is not a converted dataset ({e}); convert the dumps again '
+                     'into a new folder.') from e
+  if not clients:
+    raise ValueError(
+        f'{path} holds no client: an empty conversion (an older version wrote one when '
+        '`min_examples` kept no client). Delete it and convert again with a smaller '
+        '--min_examples.')
 
 
 def load_client_groups(cache_dir: str) -> dict[str, str]:

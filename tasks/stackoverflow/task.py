@@ -111,8 +111,7 @@ def create_task(
   if personalization == 'adapter' and adapter_size <= 0:
     raise ValueError("personalization 'adapter' needs `adapter_size` > 0 (the paper uses 16 or 64)")
   vocab = convert_lib.load_vocab(cache_dir, vocab_size)
-  if not os.path.isfile(os.path.join(cache_dir, convert_lib.DATABASE_FILENAME)):
-    raise FileNotFoundError(f'{cache_dir}/{convert_lib.DATABASE_FILENAME} not found; run the converter first.')
+  convert_lib.check_loadable(cache_dir)
   train, heldout, test = tff.simulation.datasets.stackoverflow.load_data(cache_dir=cache_dir)
   special = _preprocessing.get_special_tokens(len(vocab), num_out_of_vocab_buckets=1)
   config = model_lib.TransformerConfig(
