@@ -1,6 +1,7 @@
 """Stack Exchange dump -> TFF StackOverflow SQLite, read back through TFF's loader."""
 
 import collections
+import hashlib
 import os
 import sqlite3
 import sys
@@ -9,6 +10,7 @@ import pytest
 import tensorflow_federated as tff
 
 from tasks.stackoverflow import convert_lib
+from tasks.stackoverflow import task as so_task
 
 # A hand-written dump with the real-world quirks: BOM, DOCTYPE, CRLF, HTML
 # entities, code blocks, an answer whose question is missing, a missing owner,
@@ -180,6 +182,91 @@ def test_duplicate_and_incomplete_site_folders_are_refused(tmp_path, converted):
   os.makedirs(tmp_path / 'a' / 'y.stackexchange.com')
   with pytest.raises(FileNotFoundError, match="without a Posts.xml: \\['y.stackexchange.com'\\]"):
     convert_lib.find_site_dirs([str(tmp_path / 'a')])
+
+
+@pytest.fixture
+def dumps(tmp_path):
+  root = tmp_path / 'dumps'
+  for site, text in (('a.stackexchange.com', _SITE_A), ('b.stackexchange.com', _SITE_B)):
+    os.makedirs(root / site)
+    (root / site / 'Posts.xml').write_bytes(text.encode('utf-8'))
+  return root
+
+
+def _quiet(*args):
+  del args
+
+
+def test_a_conversion_records_what_it_was_made_from_and_is_reused(dumps, tmp_path):
+  out = str(tmp_path / 'out')
+  stats = convert_lib.ensure_converted([str(dumps)], out, min_examples=2, log=_quiet)
+  record = convert_lib.read_record(out)
+  assert record['min_examples'] == 2
+  assert record['converter_version'] == convert_lib.CONVERTER_VERSION
+  assert record['sites'] == {
+      site: hashlib.sha256((dumps / site / 'Posts.xml').read_bytes()).hexdigest()
+      for site in ('a.stackexchange.com', 'b.stackexchange.com')}
+  assert record['contents']['clients'] == stats.clients_kept
+  db = os.path.join(out, convert_lib.DATABASE_FILENAME)
+  written = os.stat(db).st_mtime_ns
+  assert convert_lib.ensure_converted([str(dumps)], out, min_examples=2, log=_quiet) is None
+  assert os.stat(db).st_mtime_ns == written
+
+
+def test_other_dumps_or_settings_are_refused_naming_both(dumps, tmp_path):
+  out = str(tmp_path / 'out')
+  convert_lib.ensure_converted([str(dumps)], out, min_examples=2, log=_quiet)
+  with pytest.raises(convert_lib.ConversionMismatchError,
+                     match=r'`min_examples`=2 from 2 site.*asks for `min_examples`=3 from 2 site'):
+    convert_lib.ensure_converted([str(dumps)], out, min_examples=3, log=_quiet)
+  with pytest.raises(convert_lib.ConversionMismatchError,
+                     match=r"from 2 site.*asks for .* from 1 site.*sites only there: "
+                           r"\['b.stackexchange.com'\]"):
+    convert_lib.ensure_converted([str(dumps / 'a.stackexchange.com')], out, min_examples=2,
+                                 log=_quiet)
+  (dumps / 'b.stackexchange.com' / 'Posts.xml').write_text(_SITE_B.replace('Three', 'Four'))
+  with pytest.raises(convert_lib.ConversionMismatchError,
+                     match=r"dumps changed since: \['b.stackexchange.com'\]"):
+    convert_lib.ensure_converted([str(dumps)], out, min_examples=2, log=_quiet)
+  assert convert_lib.read_record(out)['min_examples'] == 2  # Left as it was.
+
+
+def test_a_conversion_without_its_record_is_named_not_reused(dumps, tmp_path):
+  out = str(tmp_path / 'out')
+  convert_lib.ensure_converted([str(dumps)], out, min_examples=2, log=_quiet)
+  os.remove(os.path.join(out, convert_lib.RECORD_FILENAME))
+  with pytest.raises(convert_lib.ConversionMismatchError, match='older version'):
+    convert_lib.ensure_converted([str(dumps)], out, min_examples=2, log=_quiet)
+  assert os.path.exists(os.path.join(out, convert_lib.DATABASE_FILENAME))
+
+
+def test_a_setting_that_keeps_no_client_is_refused_leaving_nothing(dumps, tmp_path, converted):
+  _, cache_dir = converted
+  with sqlite3.connect(os.path.join(cache_dir, convert_lib.DATABASE_FILENAME)) as conn:
+    largest = conn.execute('SELECT SUM(num_examples) AS n FROM client_metadata '
+                           'GROUP BY client_id ORDER BY n DESC').fetchone()[0]
+  out = tmp_path / 'new' / 'data'
+  with pytest.raises(convert_lib.NoClientsError,
+                     match=rf'`min_examples`={largest + 1} keeps no client of the 2 site\(s\): '
+                           rf'the largest client has {largest} sentences'):
+    convert_lib.ensure_converted([str(dumps)], str(out), min_examples=largest + 1, log=_quiet)
+  assert not os.path.exists(tmp_path / 'new')
+  # The same folder then takes a conversion with a setting that keeps clients.
+  assert convert_lib.ensure_converted([str(dumps)], str(out), min_examples=largest,
+                                      log=_quiet).clients_kept >= 1
+
+
+def test_an_empty_database_is_named_not_loaded(tmp_path):
+  """An older version wrote an empty database when no client was kept; TFF's
+  loader then fails with a bare StopIteration."""
+  with sqlite3.connect(tmp_path / convert_lib.DATABASE_FILENAME) as conn:
+    conn.execute('CREATE TABLE examples (split_name TEXT, client_id TEXT, '
+                 'serialized_example_proto BLOB)')
+    conn.execute('CREATE TABLE client_metadata (client_id TEXT, split_name TEXT, '
+                 'num_examples INTEGER)')
+  (tmp_path / convert_lib.WORD_COUNT_FILENAME).write_text('')
+  with pytest.raises(ValueError, match='holds no client: an empty conversion'):
+    so_task.create_task(str(tmp_path))
 
 
 def test_missing_input_and_existing_output(tmp_path, converted):

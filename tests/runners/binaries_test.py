@@ -1,0 +1,56 @@
+"""Every binary of //runners starts clean and reports a usage error in one line.
+
+Each binary is started as a user starts it (`python -m runners.<name>`, the
+environment of tools/env.sh) with a bad flag: stderr must be exactly one line,
+`error: <reason>`, with exit status 2; TensorFlow's start-up noise (the cuDNN,
+cuFFT and cuBLAS registration lines) or absl's page of help would be more lines.
+The list of binaries is read from runners/BUILD, so a new one is checked too.
+"""
+
+import concurrent.futures
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__))))
+
+
+def binaries() -> list[str]:
+  with open(os.path.join(REPO, 'runners', 'BUILD')) as f:
+    return re.findall(r'py_binary\(\s*name = "(\w+)"', f.read())
+
+
+def _run(binary: str, *args: str) -> subprocess.CompletedProcess:
+  env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL='2')
+  return subprocess.run([sys.executable, '-m', f'runners.{binary}', *args], cwd=REPO,
+                        env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_every_binary_starts_clean_and_a_bad_flag_is_one_line():
+  names = binaries()
+  assert {'train', 'main_job', 'convert_stackexchange', 'worker'} <= set(names)
+  with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+    results = dict(zip(names, pool.map(lambda b: _run(b, '--no_such_flag=1'), names)))
+  wrong = {name: (r.returncode, r.stderr[-600:]) for name, r in results.items()
+           if r.returncode != 2 or r.stderr.strip().splitlines() != [
+               "error: Unknown command line flag 'no_such_flag' (--help lists the flags)"]}
+  assert not wrong, wrong
+
+
+@pytest.mark.parametrize('binary,args,message', [
+    ('main_job', ['--seeds=0'], 'error: --seeds needs at least 2 distinct seeds'),
+    ('train', ['--experiment_name=x', '--seed=1.5'], 'error: flag --seed=1.5: '),
+    ('convert_stackexchange', ['extra'], "error: unexpected arguments: ['extra']"),
+])
+def test_usage_errors_are_one_line_exit_2(binary, args, message):
+  result = _run(binary, *args)
+  assert result.returncode == 2
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith(message), result.stderr[-2000:]
+
+
+if __name__ == '__main__':
+  sys.exit(pytest.main([__file__, '-q']))
