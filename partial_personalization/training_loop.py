@@ -101,14 +101,43 @@ def _writing(path: str, store: client_state.ClientStateStore):
         f'{store.committed_round}, the last one committed.') from e
 
 
+# `client_sampling`: how each round's clients are drawn.
+CLIENT_SAMPLING = ('uniform', 'balanced')
+
+
 def sample_clients(client_ids: Sequence[str], num_clients: int, seed: int,
-                   round_num: int) -> list[str]:
-  """Uniform sample without replacement, a pure function of (seed, round)."""
+                   round_num: int, sampling: str = 'uniform') -> list[str]:
+  """The clients of round `round_num`, a pure function of (seed, round).
+
+  `uniform`: a uniform sample without replacement each round (TFF's
+  `build_uniform_sampling_fn`; a client's participations are binomial, so
+  some clients of a short run never train). `balanced`: each round takes the
+  `num_clients` clients that have participated least so far, ties broken by a
+  seeded random order of that round; after R rounds every client has
+  participated floor or ceil of R * num_clients / len(client_ids) times (the
+  regime of Pillutla et al. 2022, where every client trains its personal part
+  many times). Balanced rounds replay the earlier rounds' choices: O(R n log n).
+
+  Raises:
+    ValueError: more clients than the population, or an unknown `sampling`.
+  """
   if num_clients > len(client_ids):
     raise ValueError(
         f'clients_per_round={num_clients} exceeds the {len(client_ids)} training clients')
-  rng = np.random.default_rng([seed, round_num])
-  return [client_ids[i] for i in sorted(rng.choice(len(client_ids), num_clients, replace=False))]
+  if sampling == 'uniform':
+    rng = np.random.default_rng([seed, round_num])
+    chosen = rng.choice(len(client_ids), num_clients, replace=False)
+  elif sampling == 'balanced':
+    counts = np.zeros(len(client_ids), np.int64)
+    for r in range(1, round_num + 1):
+      order = np.random.default_rng([seed, r]).permutation(len(client_ids))
+      rank = np.empty_like(order)
+      rank[order] = np.arange(len(order))
+      chosen = np.lexsort((rank, counts))[:num_clients]
+      counts[chosen] += 1
+  else:
+    raise ValueError(f'`client_sampling` must be one of {CLIENT_SAMPLING}, got {sampling!r}')
+  return [client_ids[i] for i in sorted(chosen)]
 
 
 def dataset_seed(seed: int, round_num: int, index: int) -> int:
@@ -272,6 +301,7 @@ def run_training(
     eval_fn: Optional[Callable[[Any, int], dict]] = None,
     progress: bool = True,
     stop_after_rounds: Optional[int] = None,
+    client_sampling: str = 'uniform',
 ) -> TrainingResult:
   """Runs (or resumes) rounds 1..total_rounds.
 
@@ -283,6 +313,7 @@ def run_training(
     client_ids: Training client population.
     make_dataset: (client id, shuffle seed) -> preprocessed dataset.
     total_rounds, clients_per_round, seed: as the runner flags.
+    client_sampling: `uniform` or `balanced` (`sample_clients`).
     rounds_per_checkpoint: Commit every k rounds (and after the last one).
     rounds_per_eval, eval_fn: Every k rounds, `eval_fn(state, round)` returns
       scalar metrics released with prefix `eval/`.
@@ -307,7 +338,8 @@ def run_training(
         make_dataset=make_dataset, total_rounds=total_rounds,
         clients_per_round=clients_per_round, seed=seed,
         rounds_per_checkpoint=rounds_per_checkpoint, rounds_per_eval=rounds_per_eval,
-        eval_fn=eval_fn, progress=progress, stop_after_rounds=stop_after_rounds)
+        eval_fn=eval_fn, progress=progress, stop_after_rounds=stop_after_rounds,
+        client_sampling=client_sampling)
 
 
 def check_total_rounds(store: client_state.ClientStateStore, total_rounds: int) -> None:
@@ -350,7 +382,7 @@ def _verify_saved_state(checkpoint_dir: str, store, total_rounds: int,
 
 def _run_training(runner, *, run_dir, store, client_ids, make_dataset, total_rounds,
                   clients_per_round, seed, rounds_per_checkpoint, rounds_per_eval, eval_fn,
-                  progress, stop_after_rounds) -> TrainingResult:
+                  progress, stop_after_rounds, client_sampling) -> TrainingResult:
   checkpoint_dir = os.path.join(run_dir, 'checkpoints')
   state_manager = tff.program.FileProgramStateManager(
       checkpoint_dir, prefix=_CHECKPOINT_PREFIX, keep_total=3, keep_first=False)
@@ -391,7 +423,7 @@ def _run_training(runner, *, run_dir, store, client_ids, make_dataset, total_rou
                          unit='round', dynamic_ncols=True, desc=os.path.basename(run_dir))
   try:
     for round_num in range(committed + 1, last + 1):
-      ids = sample_clients(client_ids, clients_per_round, seed, round_num)
+      ids = sample_clients(client_ids, clients_per_round, seed, round_num, client_sampling)
       datasets = [make_dataset(cid, dataset_seed(seed, round_num, i)) for i, cid in enumerate(ids)]
       state, metrics = runner.run_round(state, round_num, ids, datasets)
       if not integrity.all_finite(runner.global_weights(state)):

@@ -146,7 +146,7 @@ _NOT_TRACED = frozenset({
     'finetune_personalization', 'clients_per_round', 'byzantine_fraction', 'attack',
     'attack_scale', 'async_concurrency', 'async_delay', 'async_delay_mean',
     'async_slow_fraction', 'async_slow_factor', 'async_delay_adaptive', 'groups',
-    'client_group'})
+    'client_group', 'client_sampling'})
 
 
 # What the evaluation and the finetuning computations read of a config (with

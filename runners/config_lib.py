@@ -21,6 +21,7 @@ from partial_personalization import optimizers
 from partial_personalization import personalized_process
 from partial_personalization import robust_aggregators
 from partial_personalization import task as task_lib
+from partial_personalization import training_loop
 from runners import paths
 from tasks import registry
 
@@ -72,6 +73,7 @@ class TrainConfig:
   clip_norm: float = 0.0
   total_rounds: int = 10
   clients_per_round: int = 10
+  client_sampling: str = 'uniform'
   client_batch_size: int = 16
   max_examples_per_client: int = 256
   tau_u: int = 1
@@ -145,6 +147,9 @@ class TrainConfig:
       raise ValueError('--byzantine_fraction is not simulated with --asynchronous; use one')
     if self.aggregator != 'mean' and self.algorithm == 'fedrecon':
       raise ValueError('--aggregator is not wired into fedrecon')
+    if self.client_sampling not in training_loop.CLIENT_SAMPLING:
+      raise ValueError(f'--client_sampling must be one of {training_loop.CLIENT_SAMPLING}, '
+                       f'got {self.client_sampling!r}')
     if self.client_weighting not in CLIENT_WEIGHTING:
       raise ValueError(f'--client_weighting must be one of {sorted(CLIENT_WEIGHTING)}, '
                        f'got {self.client_weighting!r}')

@@ -59,6 +59,8 @@ _HELP = {
                  'and v (0: no clipping; the reference code uses 0.25).',
     'total_rounds': 'Number of rounds (0: only evaluate the start model, e.g. with finetuning).',
     'clients_per_round': 'Clients sampled per round (m).',
+    'client_sampling': 'uniform (a uniform sample each round) or balanced (the clients that '
+                       'participated least so far: every client trains R * m / n times).',
     'client_batch_size': 'Local batch size.',
     'max_examples_per_client': 'Cap on examples a client uses per round.',
     'tau_u': 'Local epochs/steps on the shared part u.',

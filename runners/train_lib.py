@@ -115,6 +115,7 @@ def _train(config, task, train_ids, named_init, store, on_eval) -> dict:
       runner, run_dir=config.run_dir, store=store, client_ids=train_ids,
       make_dataset=task.train_dataset,
       total_rounds=config.total_rounds, clients_per_round=config.clients_per_round,
+      client_sampling=config.client_sampling,
       seed=config.seed, rounds_per_checkpoint=config.rounds_per_checkpoint,
       rounds_per_eval=config.rounds_per_eval, eval_fn=eval_fn, progress=config.progress)
   final_shared = runner.global_weights(result.state)

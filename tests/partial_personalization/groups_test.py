@@ -76,8 +76,8 @@ def test_group_fine_tuning_touches_only_that_groups_clients(cache_dir, tmp_path,
   seen = []
   original = training_loop.sample_clients
 
-  def spy(client_ids, num_clients, seed, round_num):
-    sampled = original(client_ids, num_clients, seed, round_num)
+  def spy(client_ids, num_clients, seed, round_num, *rest):
+    sampled = original(client_ids, num_clients, seed, round_num, *rest)
     seen.append((set(client_ids), set(sampled)))
     return sampled
 

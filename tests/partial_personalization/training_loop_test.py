@@ -227,6 +227,25 @@ def test_saved_state_is_written_inside_a_running_event_loop():
   assert training_loop.run_coroutine(asyncio.sleep(0, result='plain')) == 'plain'
 
 
+def test_balanced_sampling_gives_every_client_its_share_of_rounds():
+  ids = [f'c{i:02d}' for i in range(53)]
+  rounds = [training_loop.sample_clients(ids, 10, 7, r, 'balanced') for r in range(1, 54)]
+  assert all(len(set(chosen)) == 10 for chosen in rounds)
+  counts = pd.Series([c for chosen in rounds for c in chosen]).value_counts()
+  assert counts.min() == counts.max() == 10  # 53 rounds x 10 clients = 10 each.
+  after_7 = pd.Series([c for chosen in rounds[:7] for c in chosen]).value_counts()
+  assert after_7.reindex(ids, fill_value=0).agg(['min', 'max']).tolist() == [1, 2]
+  # Uniform sampling on the same budget leaves clients far apart.
+  uniform = pd.Series([c for r in range(1, 54)
+                       for c in training_loop.sample_clients(ids, 10, 7, r)]).value_counts()
+  assert uniform.reindex(ids, fill_value=0).max() - uniform.reindex(ids, fill_value=0).min() > 2
+  # A pure function of (seed, round): a resumed run samples the same clients.
+  assert training_loop.sample_clients(ids, 10, 7, 20, 'balanced') == rounds[19]
+  assert training_loop.sample_clients(ids, 10, 8, 20, 'balanced') != rounds[19]
+  with pytest.raises(ValueError, match='`client_sampling` must be one of'):
+    training_loop.sample_clients(ids, 10, 7, 1, 'round_robin')
+
+
 def test_fedavg_metrics_take_the_names_of_ours():
   fedavg = {'client_work': {'train': {'loss': 2.0, 'accuracy': 0.1}}, 'aggregator': {}}
   ours = {'client_work': {'loss': 2.0, 'accuracy': 0.1}, 'aggregator': {}}
