@@ -29,6 +29,40 @@ CONFIDENCE = 0.95
 REPLICATES = 4000
 
 
+def bootstrap_means(values: np.ndarray, weights: np.ndarray, *, replicates: int = REPLICATES,
+                    seed: int = 0) -> np.ndarray:
+  """Two-level bootstrap replicates of several statistics at once (module doc).
+
+  Args:
+    values: float[k, seeds, clients]: k quantities (e.g. differences of two
+      methods) per seed and client, all resampled with the same draws.
+    weights: float[clients], each client's weight (its test tokens).
+    replicates: bootstrap replicates. seed: the resampling's seed.
+
+  Returns:
+    float[replicates, k]: per replicate, the mean over drawn seeds of the
+    weighted mean over drawn clients, for each quantity.
+
+  Raises:
+    ValueError: shapes disagree, or no seed or client.
+  """
+  v = np.asarray(values, np.float64)
+  if v.ndim != 3 or 0 in v.shape:
+    raise ValueError(f'`values` must be [k, seeds, clients], got shape {v.shape}')
+  k, seeds, clients = v.shape
+  w = np.broadcast_to(np.asarray(weights, np.float64), (clients,))
+  rng = np.random.default_rng(seed)
+  seed_draws = rng.integers(seeds, size=(replicates, seeds))
+  client_draws = rng.integers(clients, size=(replicates, clients))
+  counts = np.zeros((replicates, clients))  # How often each client is drawn.
+  np.add.at(counts, (np.arange(replicates)[:, None], client_draws), 1)
+  cw = counts * w  # [replicates, clients]
+  per_seed = np.einsum('rc,ksc->rks', cw, v) / cw.sum(1)[:, None, None]
+  picked = np.take_along_axis(per_seed, np.broadcast_to(seed_draws[:, None, :],
+                                                        (replicates, k, seeds)), 2)
+  return picked.mean(2)
+
+
 def two_level_bootstrap(differences: np.ndarray, weights: np.ndarray, *,
                         replicates: int = REPLICATES, confidence: float = CONFIDENCE,
                         seed: int = 0) -> tuple[float, float, float]:
@@ -36,8 +70,8 @@ def two_level_bootstrap(differences: np.ndarray, weights: np.ndarray, *,
 
   Args:
     differences: float[seeds, clients], per-client difference (a - b) of each seed.
-    weights: float[clients] or float[seeds, clients], each client's weight
-      (its test tokens), the weight of its difference in a seed's mean.
+    weights: float[clients], each client's weight (its test tokens) in a
+      seed's mean.
     replicates: bootstrap replicates. confidence: interval coverage.
     seed: the resampling's seed (the result is a pure function of the inputs).
 
@@ -51,18 +85,9 @@ def two_level_bootstrap(differences: np.ndarray, weights: np.ndarray, *,
   d = np.asarray(differences, np.float64)
   if d.ndim != 2 or 0 in d.shape:
     raise ValueError(f'`differences` must be [seeds, clients], got shape {d.shape}')
-  w = np.broadcast_to(np.asarray(weights, np.float64), d.shape)
-  seeds, clients = d.shape
-  point = float(np.mean(np.sum(d * w, 1) / np.sum(w, 1)))
-  rng = np.random.default_rng(seed)
-  seed_draws = rng.integers(seeds, size=(replicates, seeds))
-  client_draws = rng.integers(clients, size=(replicates, clients))
-  # counts[r, c]: how often client c is drawn in replicate r.
-  counts = np.zeros((replicates, clients))
-  np.add.at(counts, (np.arange(replicates)[:, None], client_draws), 1)
-  per_seed = ((counts[:, None, :] * w[None] * d[None]).sum(-1)
-              / (counts[:, None, :] * w[None]).sum(-1))  # [replicates, seeds]
-  stats = np.take_along_axis(per_seed, seed_draws, 1).mean(1)
+  w = np.asarray(weights, np.float64)
+  point = float(np.mean(d @ w / w.sum()))
+  stats = bootstrap_means(d[None], w, replicates=replicates, seed=seed)[:, 0]
   alpha = (1 - confidence) / 2
   return point, float(np.quantile(stats, alpha)), float(np.quantile(stats, 1 - alpha))
 

@@ -59,7 +59,7 @@ def _run():
       raise ValueError(f'--algorithms: unknown {name!r}; known: {benchmark_lib.ALGORITHMS}')
   out = paths.resolve_path(_OUTPUT_DIR.value)
   data_dir = os.path.join(out, 'data')
-  flags_lib.ensure_converted(_DUMP_DIRS.value, data_dir, min_examples=200)  # as the main job
+  flags_lib.ensure_converted(_DUMP_DIRS.value, data_dir, min_examples=200)  # 180 clients
   settings = benchmark_lib.Settings(
       data_dir=data_dir, rounds=_ROUNDS.value, warmup_rounds=_WARMUP.value,
       max_examples_per_client=_MAX_EXAMPLES.value, eval_clients=_EVAL_CLIENTS.value,
@@ -67,7 +67,9 @@ def _run():
       grappler=_GRAPPLER.value)
   if _PROFILE.value:
     with flags_lib.tff_runtime(runtime.ExecutorConfig()):  # It runs in a child process.
-      table = profile_lib.profile(profile_lib.ProfileSettings(data_dir=data_dir))
+      table = profile_lib.profile(profile_lib.ProfileSettings(
+          data_dir=data_dir, clients=int(_CLIENTS.value[0]),
+          max_batches=max(1, _MAX_EXAMPLES.value // 16), eval_clients=_EVAL_CLIENTS.value))
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, 'profile.md'), 'w') as f:
       f.write(profile_lib.to_markdown(table) + '\n')

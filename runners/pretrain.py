@@ -21,14 +21,27 @@ _OUTPUT_DIR = flags.DEFINE_string('output_dir', 'output/pretrain',
 _MIN_EXAMPLES = flags.DEFINE_integer('min_examples', 500,
                                      'Sentences a client needs to be kept (as the main job).')
 _ROUNDS = flags.DEFINE_integer('rounds', pretrain_lib.PretrainRecipe.rounds, 'FedAvg rounds.')
+_EXPORT_DIR = flags.DEFINE_string(
+    'export_dir', pretrain_lib.STORED_MODEL_DIR,
+    'Where the finished model and its manifest are written (the main job reads '
+    f'{pretrain_lib.STORED_MODEL_DIR}).')
 
 
 def _run():
   out = paths.resolve_path(_OUTPUT_DIR.value)
   flags_lib.ensure_converted(_DUMP_DIRS.value, f'{out}/data', _MIN_EXAMPLES.value)
+  recipe = pretrain_lib.PretrainRecipe(rounds=_ROUNDS.value)
   with flags_lib.tff_runtime():
-    result = pretrain_lib.pretrain(pretrain_lib.PretrainRecipe(rounds=_ROUNDS.value), out)
+    result = pretrain_lib.pretrain(recipe, out)
   print(f"{result['rounds_run']} rounds in {result['seconds']:.0f} s; run: {result['run_dir']}")
+  command = 'bazel run //runners:pretrain -- ' + ' '.join(
+      f'--{name}={flags.FLAGS[name].value if name != "dump_dirs" else ",".join(_DUMP_DIRS.value)}'
+      for name in ('dump_dirs', 'min_examples', 'rounds'))
+  export_dir = paths.resolve_path(_EXPORT_DIR.value)
+  manifest = pretrain_lib.export(recipe, out, export_dir, command=command)
+  last = manifest['heldout'][-1]
+  print(f"stored model: {export_dir} (heldout accuracy {last['accuracy']:.2%} after round "
+        f"{last['round']}; manifest.json)")
 
 
 if __name__ == '__main__':

@@ -34,10 +34,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__
 _TRAIN = ('--total_rounds=1 --clients_per_round=2 --max_examples_per_client=8 '
           '--rounds_per_eval=0 --report_clients=2 --eval_clients=2 --progress=false')
 TINY = {
-    'tools/run_main_job.sh': (
-        '--pretrain_rounds=1 --pretrain_clients_per_round=2 --pretrain_max_examples=8 '
-        '--pretrain_rounds_per_eval=0 --rounds=1 --clients_per_round=2 '
-        '--max_examples_per_client=8 --rounds_per_eval=0 --seeds=0,1'),
+    # From the stored global model, as a fresh clone runs it.
+    'tools/run_main_job.sh': ('--rounds=1 --clients_per_round=2 --max_examples_per_client=8 '
+                              '--seeds=0,1 --finetune_epochs=1'),
     # The test suite itself: collected, not run (this test is part of it).
     'tools/run_tests.sh': '--collect-only -q',
     '//runners:convert_stackexchange': '',
@@ -51,7 +50,8 @@ TINY = {
         '--cells=fedalt_last_block_stateful,fedalt,fedalt_head_stateful'),
     '//runners:group_personalization': (
         '--global_rounds=1 --group_rounds=1 --local_rounds=1 --clients_per_round=2 '
-        '--max_examples_per_client=8 --report_clients=4 --progress=false'),
+        '--max_examples_per_client=8 --report_clients=4 --progress=false '
+        '--min_group_clients=12 --equal_budget_control=false'),
     '//runners:benchmark': (
         '--model_sizes=tiny --clients_per_round=2 --rounds=1 --warmup_rounds=0 '
         '--executors=local --algorithms=fedavg --max_examples_per_client=8 --eval_clients=2'),
@@ -179,6 +179,7 @@ def test_readme_commands_run_as_written(tmp_path):
   # What the README says the commands make is there.
   assert os.path.exists(os.path.join(repo, 'data_cache', 'stackoverflow', 'stackoverflow.sqlite'))
   assert os.path.exists(os.path.join(repo, 'output', 'so_fedalt', 'report', 'summary.json'))
+  assert os.path.exists(os.path.join(repo, 'output', 'main_job', 'summary.md'))
 
 
 if __name__ == '__main__':
