@@ -14,6 +14,7 @@ import tensorflow_federated as tff
 
 from partial_personalization import partition as partition_lib
 from runners import config_lib
+from runners import paths
 from runners import train_lib
 from runners import weights_lib
 from tasks.emnist import convert_lib
@@ -245,7 +246,7 @@ def test_task_flags_are_checked():
     emnist_task.create_task('/nonexistent', personalization='last_block')
   config = config_lib.TrainConfig(experiment_name='x', task='emnist')
   assert (config.personalization, config.model, config.cache_dir) == (
-      'head', 'cnn', os.path.join('data_cache', 'emnist'))
+      'head', 'cnn', paths.resolve_path(os.path.join('data_cache', 'emnist')))
 
 
 if __name__ == '__main__':
