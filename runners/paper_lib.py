@@ -147,10 +147,15 @@ class SeedEvaluation:
 
   def _key(self, method: str, epochs: Sequence[int]) -> str:
     source = self.configs[BASELINE if method.startswith(_FINETUNE) else method].run_dir
+    # What the results depend on besides the models: the finetuning's data and
+    # optimizer, and the adapter's size (other settings are in the models).
+    finetuning = {k: getattr(self.settings, k) for k in (
+        'max_examples_per_client', 'client_optimizer', 'client_learning_rate',
+        'personal_learning_rate', 'clip_norm', 'adapter_size', 'personalization')}
     parts = [method, json.dumps(list(epochs)), str(self.seed),
              integrity.file_sha256(weights_lib.model_file(source)),
              integrity.file_sha256(weights_lib.model_file(self.configs[BASELINE].run_dir)),
-             json.dumps(dataclasses.asdict(self.settings), sort_keys=True, default=str)]
+             json.dumps(finetuning, sort_keys=True)]
     return hashlib.sha256('\n'.join(parts).encode()).hexdigest()
 
   def start_weights(self, method: str, ids: Sequence[str]):
