@@ -63,7 +63,7 @@ class Settings:
   client_learning_rate: float = 1e-3
   personal_learning_rate: Optional[float] = None
   clip_norm: float = 0.0
-  finetune_epochs: tuple[int, ...] = (0, 1, 2)
+  finetune_epochs: tuple[int, ...] = (0, 1, 2, 3)
   finetune_parts: tuple[str, ...] = ('last_block',)
   adapter_size: int = 16
   rounds_per_eval: int = 0
