@@ -64,7 +64,7 @@ class Settings:
   personal_learning_rate: Optional[float] = None
   clip_norm: float = 0.0
   finetune_epochs: tuple[int, ...] = (0, 1, 2, 3)
-  finetune_parts: tuple[str, ...] = ('last_block',)
+  finetune_parts: tuple[str, ...] = ('last_block', 'full')
   adapter_size: int = 16
   rounds_per_eval: int = 0
   progress: bool = True
