@@ -33,10 +33,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__
 # command of a binary missing here fails the test: give it tiny settings.
 _TRAIN = ('--total_rounds=1 --clients_per_round=2 --max_examples_per_client=8 '
           '--rounds_per_eval=0 --report_clients=2 --eval_clients=2 --progress=false')
+_MAIN_JOB = ('--rounds=1 --clients_per_round=2 --max_examples_per_client=8 --seeds=0,1 '
+             '--finetune_epochs=1')
 TINY = {
     # From the stored global model, as a fresh clone runs it.
-    'tools/run_main_job.sh': ('--rounds=1 --clients_per_round=2 --max_examples_per_client=8 '
-                              '--seeds=0,1 --finetune_epochs=1'),
+    'tools/run_main_job.sh': _MAIN_JOB,
+    '//runners:main_job': _MAIN_JOB,
     # The test suite itself: collected, not run (this test is part of it).
     'tools/run_tests.sh': '--collect-only -q',
     '//runners:convert_stackexchange': '',
