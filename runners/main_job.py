@@ -183,6 +183,10 @@ def _verdicts(settings, found) -> list[str]:
       r = d.loc[key]
       out.append(f'{key}: {intervals.format_interval(r.difference, r.low, r.high)} '
                  f'({r.decided})')
+  for key in [n for n in d.index if n.endswith(' - finetune:full')]:
+    r = d.loc[key]
+    out.append(f'{key} (partial against full finetuning): '
+               f'{intervals.format_interval(r.difference, r.low, r.high)} ({r.decided})')
   shares = [n for n in d.index if n.startswith('share of full')]
   for key in shares:
     r = d.loc[key]

@@ -350,11 +350,23 @@ def findings(settings: Settings, evaluated: dict) -> dict:
                            'decided': intervals.decided(low, high) or 'undecided',
                            'per_seed': ' '.join(f'{x * 100:+.2f}' for x in per_seed)}
   full = f'{_FINETUNE}full'
-  if full in acc:  # Finding (a): the share of full finetuning's gain a part gets.
-    draws_full = intervals.bootstrap_means((acc[full] - acc[BASELINE])[None], tokens)
+  if full in acc:  # Finding (a): each part against full finetuning.
     for part in settings.finetune_parts:
       m = f'{_FINETUNE}{part}'
-      if m == full:
+      if m != full:
+        pairs_a = acc[m] - acc[full]
+        mean, low, high = intervals.two_level_bootstrap(pairs_a, tokens)
+        diffs[f'{m} - {full}'] = {
+            'difference': mean, 'low': low, 'high': high,
+            'decided': intervals.decided(low, high) or 'undecided',
+            'per_seed': ' '.join(f'{x * 100:+.2f}' for x in pairs_a @ tokens / tokens.sum())}
+    # The share of full finetuning's gain a part gets is only defined where
+    # that gain is itself above 0.
+    draws_full = intervals.bootstrap_means((acc[full] - acc[BASELINE])[None], tokens)
+    full_low = np.quantile(draws_full[:, 0], 0.025)
+    for part in settings.finetune_parts:
+      m = f'{_FINETUNE}{part}'
+      if m == full or full_low <= 0:
         continue
       draws = intervals.bootstrap_means((acc[m] - acc[BASELINE])[None], tokens)
       ratio = draws[:, 0] / draws_full[:, 0]
