@@ -69,7 +69,7 @@ def _run():
     with flags_lib.tff_runtime(runtime.ExecutorConfig()):  # It runs in a child process.
       table = profile_lib.profile(profile_lib.ProfileSettings(
           data_dir=data_dir, clients=int(_CLIENTS.value[0]),
-          max_batches=max(1, _MAX_EXAMPLES.value // 16), eval_clients=_EVAL_CLIENTS.value))
+          max_batches=max(2, _MAX_EXAMPLES.value // 16), eval_clients=_EVAL_CLIENTS.value))
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, 'profile.md'), 'w') as f:
       f.write(profile_lib.to_markdown(table) + '\n')
