@@ -2,7 +2,6 @@
 
 import contextlib
 import dataclasses
-import os
 import re
 import signal
 import sys

@@ -32,6 +32,7 @@ from typing import Optional, Sequence
 import numpy as np
 import pandas as pd
 
+from partial_personalization import client_state
 from partial_personalization import evaluation
 from partial_personalization import evaluation_protocol
 from partial_personalization import integrity
@@ -42,7 +43,6 @@ from partial_personalization import training_loop
 from runners import builders_lib
 from runners import config_lib
 from runners import population_lib
-from runners import train_lib
 from runners import weights_lib
 
 BASELINE = 'fedavg'
@@ -123,7 +123,6 @@ class SeedEvaluation:
     settings: the job's settings. seed: the seed.
     configs: `run_configs` of the seed, trained.
     eval_dir: where results are cached (`<out>/eval/seed<s>`).
-    chosen_epochs: method -> finetuning epochs, known after the first seed.
   """
 
   def __init__(self, settings: Settings, seed: int, configs: dict, eval_dir: str):
@@ -167,7 +166,6 @@ class SeedEvaluation:
       named = weights_lib.load_init_weights(run.run_dir)
       u = task.partition.split(named)[0]
       store_path = os.path.join(run.run_dir, 'client_state.sqlite')
-      from partial_personalization import client_state  # pylint: disable=g-import-not-at-top
       store = client_state.ClientStateStore(store_path, task.partition.split(named)[1])
       try:
         personal = store.read(ids, before_round=store.committed_round + 1)

@@ -1,7 +1,6 @@
 """The stored global model: its manifest holds, and the main job refuses a
 model pretrained on other data."""
 
-import json
 import os
 import shutil
 import sys
