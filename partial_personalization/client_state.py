@@ -20,8 +20,16 @@ hash of the committed round's server checkpoint, see `training_loop`);
 sha256 TEXT)`, where `participations` counts the rounds in which the client has
 trained v up to that row and `sha256` is the weights blob's hash (checked on
 every read; NULL in stores written before it existed). Weights are `.npz`
-blobs of `ModelWeights` lists. Opening an existing store runs SQLite's
-`PRAGMA quick_check`.
+blobs of `ModelWeights` lists; an index on `personal(round)` finds a round's
+rows.
+
+Every per-round cost depends on the round's clients, not on the population
+(issue 26: a store of 342k StackOverflow clients is ~46 GB): opening checks the
+`meta` table and the schema only (`PRAGMA quick_check(meta)`), each read checks
+its rows' hashes and reports a malformed page as `ClientStateError` before the
+weights are used, `commit` prunes only the clients written since the previous
+commit. `verify()` checks the whole file on demand (SQLite's `quick_check` and
+every row's hash; `bazel run //runners:verify_client_state`).
 """
 
 import hashlib
@@ -67,7 +75,8 @@ class ClientStateStore:
   Args:
     path: SQLite file; created with `initial_personal` if missing.
     initial_personal: v_0 given to clients never seen. For an existing store it
-      must have the same shapes and dtypes as the stored v_0.
+      must have the same shapes and dtypes as the stored v_0; None opens an
+      existing store with its own v_0 (see `open_existing`).
 
   Raises:
     ClientStateError: the file is not a store of this kind, or v_0's structure
@@ -75,14 +84,18 @@ class ClientStateStore:
       names the file and the fix.
   """
 
-  def __init__(self, path: str, initial_personal: ModelWeights):
+  def __init__(self, path: str, initial_personal: Optional[ModelWeights]):
     self.path = path
     new = not os.path.exists(path)
+    if new and initial_personal is None:
+      raise ClientStateError(f'{path}: no client-state store there.')
     try:
       os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
       self._conn = sqlite3.connect(path, isolation_level=None)
       if not new:
-        check = self._conn.execute('PRAGMA quick_check').fetchone()[0]
+        # Bounded: the meta table (the commit record and v_0) and the schema,
+        # not the population's rows (see `verify`).
+        check = self._conn.execute('PRAGMA quick_check(meta)').fetchone()[0]
         if check != 'ok':
           raise sqlite3.DatabaseError(f'integrity check failed: {check}')
       self._conn.execute('PRAGMA journal_mode=WAL')
@@ -97,6 +110,10 @@ class ClientStateStore:
         columns = [r[1] for r in self._conn.execute('PRAGMA table_info(personal)')]
         if 'sha256' not in columns:  # A store of an earlier version.
           self._conn.execute('ALTER TABLE personal ADD COLUMN sha256 TEXT')
+        # A round's rows without a scan (commit, rollback); stores of an
+        # earlier version get it once, here.
+        self._conn.execute(
+            'CREATE INDEX IF NOT EXISTS personal_by_round ON personal (round)')
         if new:
           self._set_meta('initial', serialize_weights(initial_personal))
           self._set_meta('committed_round', 0)
@@ -105,12 +122,19 @@ class ClientStateStore:
       raise ClientStateError(
           f'{path}: not a readable client-state store ({e}). Restore it from a '
           'backup or start a new experiment (another `experiment_name`).') from e
-    if _signature(self._initial) != _signature(initial_personal):
+    if initial_personal is not None and (
+        _signature(self._initial) != _signature(initial_personal)):
       raise ClientStateError(
           f'{path}: stored personal weights have shapes {_signature(self._initial)}'
           f' but this model needs {_signature(initial_personal)}. The run was '
           'started with another model or personalization; use another '
           '`experiment_name`.')
+
+  @classmethod
+  def open_existing(cls, path: str) -> 'ClientStateStore':
+    """Opens a store that exists, whatever its model (tools that check or
+    read a store). Raises ClientStateError if there is none."""
+    return cls(path, None)
 
   def _transaction(self, mode: str = 'IMMEDIATE'):
     """A write (IMMEDIATE) or read (DEFERRED) transaction: one snapshot, one
@@ -169,11 +193,18 @@ class ClientStateStore:
   def _latest(self, columns: str, client_ids: Sequence[str], before_round: int) -> list:
     """`columns` of each client's latest row before `before_round` (None if it
     has none), read in one transaction: one snapshot for the whole round."""
-    with self._transaction('DEFERRED'):
-      rows = [self._conn.execute(
-          f'SELECT {columns} FROM personal WHERE client_id = ? AND round < ? '
-          'ORDER BY round DESC LIMIT 1', (cid, before_round)).fetchone()
-              for cid in client_ids]
+    try:
+      with self._transaction('DEFERRED'):
+        rows = [self._conn.execute(
+            f'SELECT {columns} FROM personal WHERE client_id = ? AND round < ? '
+            'ORDER BY round DESC LIMIT 1', (cid, before_round)).fetchone()
+                for cid in client_ids]
+    except sqlite3.DatabaseError as e:  # A malformed page of the personal table.
+      raise ClientStateError(
+          f'{self.path}: cannot read the personal weights of clients {list(client_ids)[:5]}'
+          f'{"..." if len(client_ids) > 5 else ""} ({e}). The store is corrupt: restore it '
+          'from a backup, or start a new run with another `experiment_name`. Nothing was '
+          'changed.') from e
     return [row if row else None for row in rows]
 
   def _weights(self, client_id: str, row) -> ModelWeights:
@@ -221,16 +252,24 @@ class ClientStateStore:
 
   def commit(self, round_num: int, checkpoint_sha256: Optional[str] = None) -> None:
     """Marks `round_num` complete (with its server checkpoint's hash, checked
-    on resume) and prunes rows it supersedes."""
+    on resume) and prunes the rows it supersedes.
+
+    Only clients written after the previous commit can have a superseded row
+    (each commit prunes those it covers), so the cost is that of the rounds
+    committed, not of the population.
+    """
     with self._transaction():
+      previous = self.committed_round
       self._set_meta('committed_round', round_num)
       if checkpoint_sha256 is None:
         self._conn.execute("DELETE FROM meta WHERE key = 'checkpoint_sha256'")
       else:
         self._set_meta('checkpoint_sha256', checkpoint_sha256)
       self._conn.execute(
-          'DELETE FROM personal WHERE round < (SELECT MAX(p.round) FROM personal p '
-          'WHERE p.client_id = personal.client_id AND p.round <= ?)', (round_num,))
+          'DELETE FROM personal WHERE client_id IN (SELECT client_id FROM personal '
+          'WHERE round > ?1 AND round <= ?2) AND round < (SELECT MAX(p.round) '
+          'FROM personal p WHERE p.client_id = personal.client_id AND p.round <= ?2)',
+          (previous, round_num))
 
   def rollback(self) -> int:
     """Drops rows newer than the committed round; returns how many."""
@@ -246,6 +285,32 @@ class ClientStateStore:
     """
     return [row[0] if row else 0
             for row in self._latest('participations', client_ids, before_round)]
+
+  def verify(self) -> int:
+    """Checks the whole file: SQLite's `quick_check` and every row's hash and
+    format. Reads every row (minutes for a store of many GB); training checks
+    only what it reads.
+
+    Returns:
+      The number of rows checked.
+    Raises:
+      ClientStateError: the first problem found (page or row, naming the
+        client); nothing is changed.
+    """
+    try:
+      check = self._conn.execute('PRAGMA quick_check').fetchone()[0]
+      if check != 'ok':
+        raise sqlite3.DatabaseError(f'integrity check failed: {check}')
+      rows = 0
+      for client_id, round_num, blob, digest in self._conn.execute(
+          'SELECT client_id, round, weights, sha256 FROM personal'):
+        self._weights(client_id, (round_num, blob, digest))
+        rows += 1
+    except sqlite3.DatabaseError as e:
+      raise ClientStateError(
+          f'{self.path}: the store is corrupt ({e}). Restore it from a backup, or start a '
+          'new run with another `experiment_name`. Nothing was changed.') from e
+    return rows
 
   def client_ids(self) -> list[str]:
     """Clients with stored personal weights (i.e. that trained at least once)."""

@@ -73,11 +73,23 @@ class Settings:
   eval_clients: int = 64  # evaluation cases: clients per federated call
   seed: int = 0
   num_workers: int = 2  # remote: workers started on this machine per case
+  pin_workers: bool = True  # remote: worker k runs on core k (mod the cores)
   logical_cpus: int = 2  # accelerated: CPU devices to spread clients over (no GPU)
   # False: TensorFlow's graph optimizer (Grappler) off, set before tracing, so
   # it holds in the floors and, through the traced function calls' config, in
   # TFF's worker too. Which is faster depends on the model and the algorithm.
   grappler: bool = True
+
+
+def loopback_bytes() -> int:
+  """Bytes received on the loopback interface so far (all processes): on one
+  machine, the remote executor's traffic between driver and workers."""
+  with open('/proc/net/dev') as f:
+    for line in f:
+      name, _, fields = line.partition(':')
+      if name.strip() == 'lo':
+        return int(fields.split()[0])
+  return 0
 
 
 def _peak_kb(pid: int) -> int:
@@ -228,7 +240,7 @@ def _plain_tf_rounds(task, config, settings: Settings, case: Case) -> list[float
       total = sum(weights)
       global_u = [u - sum(w * up[j] for w, up in zip(weights, updates)) / total
                   for j, u in enumerate(global_u)]
-    times.append((time.perf_counter() - start, process_cpu_seconds() - cpu))
+    times.append((time.perf_counter() - start, process_cpu_seconds() - cpu, 0))
   return times[settings.warmup_rounds:]
 
 
@@ -258,7 +270,7 @@ def _tff_rounds(task, config, settings: Settings, case: Case, run_dir: str, work
 
   times = []
   for round_num in range(1, settings.warmup_rounds + settings.rounds + 1):
-    start, cpu_start = time.perf_counter(), cpu()
+    start, cpu_start, lo_start = time.perf_counter(), cpu(), loopback_bytes()
     if case.algorithm == 'evaluation':  # Dataset construction included, as in the report.
       ids, datasets = _eval_inputs(task, settings)
       u, v = runner.global_weights(state), store.read(ids, before_round=1)
@@ -266,7 +278,8 @@ def _tff_rounds(task, config, settings: Settings, case: Case, run_dir: str, work
     else:
       ids, datasets = _round_inputs(task, settings, case, round_num)
       state, _ = runner.run_round(state, round_num, ids, datasets)
-    times.append((time.perf_counter() - start, cpu() - cpu_start))
+    times.append((time.perf_counter() - start, cpu() - cpu_start,
+                  loopback_bytes() - lo_start))
   store.close()
   return times[settings.warmup_rounds:], sum(_peak_kb(p) for p in _worker_pids())
 
@@ -311,14 +324,18 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _start_workers(n: int) -> list[subprocess.Popen]:
+def _start_workers(n: int, pin: bool = False) -> list[subprocess.Popen]:
+  """`n` TFF workers on free ports; with `pin`, worker k on core k (mod the
+  cores), so each has its own core as on separate machines."""
   from runners import worker  # pylint: disable=g-import-not-at-top
   procs = []
-  for _ in range(n):
+  for k in range(n):
     port = _free_port()
     procs.append(subprocess.Popen([worker.worker_binary_path(), f'--port={port}'],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     procs[-1].port = port
+    if pin:
+      os.sched_setaffinity(procs[-1].pid, {k % os.cpu_count()})
   return procs
 
 
@@ -346,7 +363,8 @@ def measure(case: Case, settings: Settings) -> dict:
   Raises:
     RuntimeError: the case's process failed (its error is printed above).
   """
-  workers = _start_workers(settings.num_workers) if case.executor == 'remote' else []
+  remote = case.executor == 'remote'
+  workers = _start_workers(settings.num_workers, settings.pin_workers) if remote else []
   try:
     result = run_in_child(_measure_in_child, case, settings,
                           [f'localhost:{w.port}' for w in workers], [w.pid for w in workers],
@@ -358,13 +376,18 @@ def measure(case: Case, settings: Settings) -> dict:
       w.wait()
   wall = float(np.mean([t[0] for t in result['times']]))
   cpu = float(np.mean([t[1] for t in result['times']]))
+  traffic = float(np.mean([t[2] for t in result['times']]))
   per_client = (settings.max_examples_per_client if case.algorithm != 'evaluation' else None)
   row = dict(executor=case.executor, grappler=settings.grappler, algorithm=case.algorithm,
              model_size=case.model_size,
              clients_per_round=(case.clients_per_round if case.algorithm != 'evaluation'
                                 else settings.eval_clients),
              rounds=len(result['times']), seconds_per_round=wall, cpu_seconds_per_round=cpu,
-             driver_peak_mb=result['driver_kb'] / 1024, worker_peak_mb=worker_kb / 1024)
+             driver_peak_mb=result['driver_kb'] / 1024, worker_peak_mb=worker_kb / 1024,
+             num_workers=settings.num_workers if remote else 0,
+             # Remote: driver <-> workers bytes per round (each worker's share
+             # is this over num_workers); other executors: ~0.
+             traffic_mb_per_round=traffic / 2**20)
   if per_client:
     sentences = row['clients_per_round'] * per_client
     row.update(sentences_per_second=sentences / wall, sentences_per_cpu_second=sentences / cpu)
@@ -389,27 +412,39 @@ def add_ratios(table: pd.DataFrame) -> pd.DataFrame:
   return table
 
 
+def _executor(row) -> str:
+  if row['executor'] != 'remote':
+    return row['executor']
+  n = row.get('num_workers')
+  return f"remote ({int(n) if n == n and n is not None else 2} workers)"
+
+
 def to_markdown(table: pd.DataFrame) -> str:
   lines = ['| algorithm | model | clients | executor | Grappler | s/round | CPU-s/round | sentences/s | '
-           'sentences/CPU-s | clients/s | driver peak MB | worker peak MB | x floor |',
-           '|---|---|---|---|---|---|---|---|---|---|---|---|---|']
+           'sentences/CPU-s | clients/s | driver peak MB | worker peak MB | driver<->workers MB/round '
+           '| x floor |', '|' + '---|' * 14]
   fmt = lambda v, f: '' if v is None or (isinstance(v, float) and np.isnan(v)) else format(v, f)
   for r in table.to_dict('records'):
     lines.append(
-        f"| {r['algorithm']} | {r['model_size']} | {r['clients_per_round']} | {r['executor']} | "
+        f"| {r['algorithm']} | {r['model_size']} | {r['clients_per_round']} | {_executor(r)} | "
         f"{'on' if r['grappler'] else 'off'} | "
         f"{r['seconds_per_round']:.2f} | {r['cpu_seconds_per_round']:.2f} | "
         f"{fmt(r.get('sentences_per_second'), '.0f')} | "
         f"{fmt(r.get('sentences_per_cpu_second'), '.0f')} | {r['clients_per_second']:.1f} | "
-        f"{r['driver_peak_mb']:,.0f} | {r['worker_peak_mb']:,.0f} | {r['x_floor']:.2f} |")
+        f"{r['driver_peak_mb']:,.0f} | {r['worker_peak_mb']:,.0f} | "
+        f"{fmt(r.get('traffic_mb_per_round') if r['executor'] == 'remote' else None, ',.1f')} | "
+        f"{r['x_floor']:.2f} |")
   return '\n'.join(lines)
 
 
 def _done(rows, case: Case, settings: Settings) -> bool:
   clients = case.clients_per_round if case.algorithm != 'evaluation' else settings.eval_clients
   grappler = lambda r: str(r.get('grappler', True)) not in ('False', '0', '0.0')  # old rows: on
+  workers = lambda r: int(r.get('num_workers', 2) if r.get('num_workers') == r.get('num_workers')
+                          else 2)  # Rows of before the column (NaN): 2 workers.
   return any(r['executor'] == case.executor and r['algorithm'] == case.algorithm and
              grappler(r) == settings.grappler and
+             (case.executor != 'remote' or workers(r) == settings.num_workers) and
              r['model_size'] == case.model_size and r['clients_per_round'] == clients
              for r in rows)
 

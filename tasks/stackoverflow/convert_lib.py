@@ -35,7 +35,9 @@ cannot be fetched offline.
 Parsing streams each file through an XML pull parser in 1 MiB chunks, one
 `<row/>` at a time whatever the line layout (real dumps are tens of GB);
 memory is bounded by the largest row, and examples are staged in the output
-SQLite file. Only question titles and tags are kept in memory, for answers.
+SQLite file. Question titles and tags (for answers) and the word counts go to
+a scratch SQLite file beside it, so memory stays flat whatever the dump's size
+(measured by `bazel run //runners:benchmark -- --converter`).
 Rows missing a required attribute (or with a non-integer one) are counted as
 malformed and reported; a file that is not well-formed XML, not UTF-8, not a
 Posts.xml dump or cut before `</posts>` raises `MalformedDumpError` naming the
@@ -68,6 +70,8 @@ RECORD_FILENAME = 'conversion.json'
 # split or schema changes), so an older conversion is not taken for a new one.
 CONVERTER_VERSION = 2
 SPLITS = ('train', 'heldout', 'test')
+# Distinct words counted in memory before they are added to the scratch file.
+_WORD_COUNT_BATCH = 1_000_000
 QUESTION, ANSWER = '1', '2'
 
 _TAGS_RE = re.compile(r'<([^<>]+)>')
@@ -421,8 +425,16 @@ def _convert_locked(sites, output_dir, db_path, min_examples, coverage_vocab_siz
     os.remove(tmp_path)
   stats = ConversionStats(sites=len(sites), coverage_vocab_size=coverage_vocab_size)
   conn = sqlite3.connect(tmp_path)
+  # Scratch tables (question titles, word counts) apart from the database, so
+  # they neither change its bytes nor stay in it.
+  aux_path = db_path + '.scratch'
+  if os.path.exists(aux_path):
+    os.remove(aux_path)
+  aux = sqlite3.connect(aux_path)
+  aux.execute('PRAGMA journal_mode=OFF')
+  aux.execute('PRAGMA synchronous=OFF')
   try:
-    _stage_examples(conn, sites, stats)
+    _stage_examples(conn, aux, sites, stats)
     largest = conn.execute('SELECT COUNT(*) AS n FROM staged GROUP BY client_id '
                            'ORDER BY n DESC LIMIT 1').fetchone()
     _assign_splits(conn, min_examples, stats)
@@ -431,8 +443,8 @@ def _convert_locked(sites, output_dir, db_path, min_examples, coverage_vocab_siz
           f'`min_examples`={min_examples} keeps no client of the {len(sites)} site(s): the '
           f'largest client has {largest[0] if largest else 0} sentences (a client also '
           'needs 2 posts). Lower `min_examples`; nothing was written.')
-    words = _write_word_counts(conn, output_dir, stats)
-    _compute_coverage(conn, set(words[:coverage_vocab_size]), stats)
+    words = _write_word_counts(conn, aux, output_dir, stats, top=coverage_vocab_size)
+    _compute_coverage(conn, set(words), stats)
     _finalize_schema(conn)
     conn.commit()
     conn.execute('VACUUM')
@@ -440,6 +452,9 @@ def _convert_locked(sites, output_dir, db_path, min_examples, coverage_vocab_siz
     conn.close()
     os.remove(tmp_path)
     raise
+  finally:
+    aux.close()
+    os.remove(aux_path)
   conn.close()
   record['contents'] = {'clients': stats.clients_kept, 'examples': stats.examples,
                         'vocabulary': stats.vocab_size}
@@ -531,24 +546,31 @@ def ensure_converted(dump_dirs: Sequence[str], output_dir: str, *, min_examples:
   return None
 
 
-def _stage_examples(conn, sites, stats):
+def _stage_examples(conn, aux, sites, stats):
+  """Stages every sentence in `conn`; question titles and tags (which answers
+  need) go to the scratch database `aux`, not to memory, so memory does not
+  grow with the dump (issue 26: the full StackOverflow dump has ~23M questions)."""
   conn.execute(
       'CREATE TABLE staged (client_id TEXT, site TEXT, creation_date TEXT, '
       'post_id INTEGER, serialized_example_proto BLOB, tokens TEXT)'
   )
-  clients = set()
   for site, path in sites:
-    questions = {}  # post id -> (title, tags); answers need them.
+    aux.execute('DROP TABLE IF EXISTS questions')
+    aux.execute('CREATE TABLE questions (post_id INTEGER PRIMARY KEY, title TEXT, tags TEXT)')
     rows = []
     for post in iter_posts(path, stats):
       if post.post_type == QUESTION:
         stats.questions += 1
-        questions[post.post_id] = (post.title, post.tags)
+        # OR REPLACE: a repeated id keeps the last one, as a dict would.
+        aux.execute('INSERT OR REPLACE INTO questions VALUES (?, ?, ?)',
+                    (post.post_id, post.title, post.tags))
         title, tags = post.title, post.tags
       else:
         stats.answers += 1
-        if post.parent_id in questions:
-          title, tags = questions[post.parent_id]
+        question = aux.execute('SELECT title, tags FROM questions WHERE post_id = ?',
+                               (post.parent_id,)).fetchone()
+        if question is not None:
+          title, tags = question
         else:
           stats.orphan_answers += 1
           title, tags = '', ''
@@ -560,7 +582,6 @@ def _stage_examples(conn, sites, stats):
         stats.empty_body += 1
         continue
       client_id = f'{site}/{post.owner}'
-      clients.add(client_id)
       for s in sentences:
         rows.append((client_id, site, post.creation_date, post.post_id,
                      _example_proto(post, s, title, tags), s))
@@ -568,7 +589,7 @@ def _stage_examples(conn, sites, stats):
         conn.executemany('INSERT INTO staged VALUES (?,?,?,?,?,?)', rows)
         rows.clear()
     conn.executemany('INSERT INTO staged VALUES (?,?,?,?,?,?)', rows)
-  stats.clients_seen = len(clients)
+  stats.clients_seen = conn.execute('SELECT COUNT(DISTINCT client_id) FROM staged').fetchone()[0]
   conn.commit()
 
 
@@ -629,21 +650,37 @@ def _assign_splits(conn, min_examples, stats):
   conn.commit()
 
 
-def _write_word_counts(conn, output_dir, stats) -> list[str]:
-  """Writes the train word counts; returns the words, most frequent first."""
+def _write_word_counts(conn, aux, output_dir, stats, top: int) -> list[str]:
+  """Writes the train word counts; returns the `top` most frequent words.
+
+  Counts are summed in batches into the scratch database `aux`, so memory is
+  bounded whatever the vocabulary (code identifiers make it large)."""
+  aux.execute('CREATE TABLE word_counts (word TEXT PRIMARY KEY, n INTEGER NOT NULL)')
+
+  def flush(counts):
+    aux.executemany('INSERT INTO word_counts VALUES (?, ?) '
+                    'ON CONFLICT (word) DO UPDATE SET n = n + excluded.n', counts.items())
+    counts.clear()
+
   counts = collections.Counter()
   for (tokens,) in conn.execute(
       "SELECT tokens FROM examples WHERE split_name = 'train'"
   ):
     counts.update(tokens.split(' '))
-  stats.vocab_size = len(counts)
-  # Ties broken alphabetically so the vocabulary is deterministic.
-  ordered = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    if len(counts) >= _WORD_COUNT_BATCH:
+      flush(counts)
+  flush(counts)
+  stats.vocab_size = aux.execute('SELECT COUNT(*) FROM word_counts').fetchone()[0]
+  # Ties broken alphabetically so the vocabulary is deterministic (SQLite
+  # compares UTF-8 bytes: the code-point order of Python's str).
+  words = []
   path = os.path.join(output_dir, WORD_COUNT_FILENAME)
   with open(path + '.partial', 'w', encoding='utf-8') as f:  # Renamed by `convert`.
-    for word, count in ordered:
+    for word, count in aux.execute('SELECT word, n FROM word_counts ORDER BY n DESC, word'):
       f.write(f'{word} {count}\n')
-  return [word for word, _ in ordered]
+      if len(words) < top:
+        words.append(word)
+  return words
 
 
 def _compute_coverage(conn, vocab: set, stats):

@@ -58,6 +58,72 @@ def test_uncommitted_rounds_between_checkpoints_survive_until_commit(tmp_path):
   assert rows == [(2, 2)]   # round 1's row is pruned; its count carried forward
 
 
+def test_commit_prunes_the_clients_of_the_rounds_it_covers(tmp_path):
+  store = client_state.ClientStateStore(str(tmp_path / 's.sqlite'), _w(0.0))
+  store.write(1, ['a', 'b'], [_w(1.0), _w(1.0)])
+  store.commit(1)
+  store.write(2, ['b', 'c'], [_w(2.0), _w(2.0)])
+  store.write(3, ['c', 'd'], [_w(3.0), _w(3.0)])
+  store.commit(3)   # Covers rounds 2 and 3.
+  store.write(4, ['a'], [_w(4.0)])
+  store.commit(4)
+  rows = store._conn.execute(
+      'SELECT client_id, round, participations FROM personal ORDER BY client_id').fetchall()
+  assert rows == [('a', 4, 2), ('b', 2, 2), ('c', 3, 2), ('d', 3, 1)]
+  plan = ' '.join(r[-1] for r in store._conn.execute(
+      'EXPLAIN QUERY PLAN SELECT client_id FROM personal WHERE round > 1 AND round <= 2'))
+  assert 'personal_by_round' in plan   # A round's rows without a scan.
+
+
+def _store_of_many_clients(path, n=300):
+  store = client_state.ClientStateStore(str(path), _w(0.0))
+  ids = [f'client{i:04d}' for i in range(n)]
+  store.write(1, ids, [_w(float(i)) for i in range(n)])
+  store.commit(1)
+  store.close()   # Checkpoints the WAL into the file.
+  return ids
+
+
+def test_a_corrupt_personal_page_is_reported_before_use_and_by_verify(tmp_path):
+  path = tmp_path / 's.sqlite'
+  ids = _store_of_many_clients(path)
+  assert client_state.ClientStateStore.open_existing(str(path)).verify() == len(ids)
+  conn = sqlite3.connect(str(path))
+  root = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = 'personal'").fetchone()[0]
+  page_size = conn.execute('PRAGMA page_size').fetchone()[0]
+  conn.close()
+  with open(path, 'r+b') as f:   # The personal table's root page: every lookup goes through it.
+    f.seek((root - 1) * page_size)
+    f.write(np.random.default_rng(0).bytes(page_size))
+  before = path.read_bytes()
+  store = client_state.ClientStateStore(str(path), _w(0.0))   # The bounded open passes.
+  with pytest.raises(client_state.ClientStateError, match='store is corrupt'):
+    store.read(ids[:3], before_round=2)
+  with pytest.raises(client_state.ClientStateError, match='store is corrupt'):
+    store.verify()
+  store.close()
+  assert path.read_bytes() == before
+
+
+def test_verify_names_a_row_whose_hash_does_not_match(tmp_path):
+  path = tmp_path / 's.sqlite'
+  _store_of_many_clients(path, n=5)
+  conn = sqlite3.connect(str(path))
+  conn.execute("UPDATE personal SET sha256 = 'x' WHERE client_id = 'client0003'")
+  conn.commit()
+  conn.close()
+  store = client_state.ClientStateStore.open_existing(str(path))
+  with pytest.raises(client_state.ClientStateError, match="client 'client0003'.*checksum"):
+    store.verify()
+  store.close()
+
+
+def test_open_existing_refuses_a_missing_store(tmp_path):
+  with pytest.raises(client_state.ClientStateError, match='no client-state store'):
+    client_state.ClientStateStore.open_existing(str(tmp_path / 'missing.sqlite'))
+  assert not (tmp_path / 'missing.sqlite').exists()
+
+
 def test_structure_mismatch_is_a_clear_error(tmp_path):
   path = str(tmp_path / 's.sqlite')
   client_state.ClientStateStore(path, _w(0.0)).close()
