@@ -145,10 +145,16 @@ def format_interval(mean: float, low: float, high: float, *, scale: float = 100.
           f'{fmt.format(high * scale)}]')
 
 
+# Below this, a bound is 0 in float rounding (two identical models' weighted
+# means differ by ~1e-17, which is no difference).
+_ZERO = 1e-12
+
+
 def decided(low: float, high: float) -> Optional[str]:
-  """'above 0', 'below 0', or None when the interval contains 0."""
-  if low > 0:
+  """'above 0', 'below 0', or None when the interval contains 0 (a bound
+  within float rounding of 0 counts as 0)."""
+  if low > _ZERO:
     return 'above 0'
-  if high < 0:
+  if high < -_ZERO:
     return 'below 0'
   return None

@@ -35,6 +35,7 @@ import dataclasses
 import multiprocessing
 import os
 import resource
+import shutil
 import signal
 import socket
 import subprocess
@@ -45,6 +46,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 import pandas as pd
+
+from partial_personalization import worker_config
 
 PLAIN_TF = 'plain_tf'
 PLAIN_TF_PARALLEL = 'plain_tf_parallel'
@@ -325,17 +328,32 @@ def _free_port() -> int:
 
 
 def _start_workers(n: int, pin: bool = False) -> list[subprocess.Popen]:
-  """`n` TFF workers on free ports; with `pin`, worker k on core k (mod the
-  cores), so each has its own core as on separate machines."""
+  """`n` TFF workers on free ports, with the settings `//runners:worker`
+  gives them (concurrent clients, TensorFlow thread pools) for the cores each
+  runs on; with `pin`, worker k runs on core k (mod the cores) only, as if
+  each had a machine of one core (through `taskset`, which execs the worker:
+  setting the affinity after the start would miss its first threads).
+
+  Raises:
+    FileNotFoundError: `pin` without `taskset` (util-linux) on PATH.
+  """
   from runners import worker  # pylint: disable=g-import-not-at-top
+  if pin and not shutil.which('taskset'):
+    raise FileNotFoundError('--pin_workers needs `taskset` (util-linux); install it or pass '
+                            '--nopin_workers')
+  cores = sorted(os.sched_getaffinity(0))
   procs = []
   for k in range(n):
     port = _free_port()
-    procs.append(subprocess.Popen([worker.worker_binary_path(), f'--port={port}'],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    own = 1 if pin else len(cores)
+    calls = worker_config.default_concurrent_calls(own)
+    env = {**os.environ, **worker_config.worker_environment(calls, own)}
+    pinning = ['taskset', '-c', str(cores[k % len(cores)])] if pin else []
+    procs.append(subprocess.Popen(
+        pinning + [worker.worker_binary_path(), f'--port={port}',
+                   f'--max_concurrent_computation_calls={calls}'],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     procs[-1].port = port
-    if pin:
-      os.sched_setaffinity(procs[-1].pid, {k % os.cpu_count()})
   return procs
 
 

@@ -2,7 +2,8 @@
 
 Fills a `ClientStateStore` with personal weights of the real shapes (the
 StackOverflow transformer's personal part, random values) for each population,
-then measures, each in a fresh process: opening it (with its bounded integrity
+then measures, each in a fresh process and from a cold page cache where the
+OS allows it (root on Linux): opening it (with its bounded integrity
 check), one round's store work for `clients_per_round` clients (read, write,
 commit), the rounds' peak memory, resuming after a `kill -9` in the middle of a
 round (open and rollback), the full on-demand check (`verify`), and what the
@@ -16,7 +17,6 @@ resumes a partial fill); each is ~134 KB per client for `tiny`'s last block.
 import dataclasses
 import multiprocessing
 import os
-import resource
 import signal
 import statistics
 import time
@@ -34,7 +34,7 @@ class StoreSettings:
   out_dir: str
   populations: tuple[int, ...] = (10_000, 30_000, 100_000)
   clients_per_round: int = 50
-  rounds: int = 5          # measured rounds per population (medians reported)
+  rounds: int = 10         # measured rounds per population (medians reported)
   model_size: str = 'tiny'
   personalization: str = 'last_block'
   vocab_size: int = 10_004  # StackOverflow's 10,000 words + 4 special tokens
@@ -82,7 +82,9 @@ def fill(settings: StoreSettings, population: int, shapes) -> float:
   chunks = -(-population // settings.fill_chunk)
   start = time.time()
   try:
-    done = store.committed_round
+    done = min(store.committed_round, chunks)  # Measured rounds come after the fill's.
+    if done == chunks:
+      return 0.0
     bar = progress_lib.bar(total=chunks, initial=done, unit='chunk',
                            desc=f'fill {population:,} clients')
     for chunk in range(done, chunks):
@@ -97,12 +99,18 @@ def fill(settings: StoreSettings, population: int, shapes) -> float:
   return time.time() - start
 
 
-def _rss_kb() -> int:
+def _status_kb(field: str) -> int:
   with open('/proc/self/status') as f:
     for line in f:
-      if line.startswith('VmRSS:'):
+      if line.startswith(field + ':'):
         return int(line.split()[1])
   return 0
+
+
+def _reset_peak() -> None:
+  """Restarts the peak resident set (VmHWM) from the current one (Linux)."""
+  with open('/proc/self/clear_refs', 'w') as f:
+    f.write('5')
 
 
 def _measure_rounds(settings: StoreSettings, population: int, shapes, queue):
@@ -111,7 +119,8 @@ def _measure_rounds(settings: StoreSettings, population: int, shapes, queue):
   path = store_path(settings, population)
   rng = np.random.default_rng(0)
   new_weights = [_weights(shapes, rng) for _ in range(settings.clients_per_round)]
-  rss_before = _rss_kb()
+  _reset_peak()  # The peak of the store's work, not of TensorFlow's import.
+  rss_before = _status_kb('VmRSS')
   t = time.perf_counter()
   store = client_state.ClientStateStore(path, new_weights[0])
   open_s = time.perf_counter() - t
@@ -140,7 +149,7 @@ def _measure_rounds(settings: StoreSettings, population: int, shapes, queue):
     commits.append(time.perf_counter() - t)
   rows = store._conn.execute('SELECT COUNT(*) FROM personal').fetchone()[0]  # pylint: disable=protected-access
   store.close()
-  peak_delta_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024
+  peak_delta_mb = (_status_kb('VmHWM') - rss_before) / 1024
   med = statistics.median
   queue.put(dict(open_s=open_s, read_s=med(reads), write_s=med(writes), commit_s=med(commits),
                  round_s=med(a + b + c for a, b, c in zip(reads, writes, commits)),
@@ -189,6 +198,22 @@ def _verify(settings: StoreSettings, population: int, shapes, queue):
   queue.put(dict(full_quick_check_s=quick_check_s, verify_s=verify_s, verified_rows=rows))
 
 
+def drop_page_cache() -> bool:
+  """Empties the OS page cache (Linux, as root), so the next reads come from
+  the disk as after a restart; False where that is not allowed (the figures
+  are then of a warm cache, marked in the table)."""
+  path = '/proc/sys/vm/drop_caches'
+  if not os.access(path, os.W_OK):
+    return False
+  os.sync()
+  try:
+    with open(path, 'w') as f:
+      f.write('3')
+  except OSError:
+    return False
+  return True
+
+
 def _in_child(target, *args, expect_killed: bool = False):
   ctx = multiprocessing.get_context('spawn')
   queue = ctx.Queue()
@@ -207,8 +232,12 @@ def measure(settings: StoreSettings, population: int, shapes, verify: bool = Tru
   path = store_path(settings, population)
   row = dict(clients=population, size_gb=os.path.getsize(path) / 1e9,
              fill_s=fill_s if fill_s > 1 else float('nan'))
+  # Each measurement from a cold page cache where allowed: a store of many GB
+  # is not in memory when a run starts or resumes.
+  row['cold'] = drop_page_cache()
   row.update(_in_child(_measure_rounds, settings, population, shapes))
   committed = _in_child(_killed_mid_round, settings, population, shapes, expect_killed=True)
+  drop_page_cache()
   resumed = _in_child(_resume, settings, population, shapes)
   if resumed['committed'] != committed or resumed['dropped'] != settings.clients_per_round:
     raise RuntimeError(f'resume after kill -9: committed round {resumed["committed"]} '
@@ -216,6 +245,7 @@ def measure(settings: StoreSettings, population: int, shapes, verify: bool = Tru
                        f'(expected {settings.clients_per_round})')
   row.update(resume_s=resumed['resume_s'], resume_dropped=resumed['dropped'])
   if verify:
+    drop_page_cache()
     row.update(_in_child(_verify, settings, population, shapes))
   return row
 
@@ -225,19 +255,25 @@ def run(settings: StoreSettings, verify: bool = True) -> pd.DataFrame:
   per_client = sum(int(np.prod(s)) for s, _ in shapes[0] + shapes[1])
   print(f'personal part: {settings.model_size} {settings.personalization}, '
         f'{per_client:,} parameters ({per_client * 4 / 1e3:,.0f} KB) per client')
-  rows = [measure(settings, n, shapes, verify) for n in settings.populations]
+  rows = []
+  for n in settings.populations:
+    rows.append(measure(settings, n, shapes, verify))
+    r = rows[-1]
+    print(f"{n:,} clients ({r['size_gb']:.1f} GB): open {r['open_s']:.3f} s, round "
+          f"{r['round_s']:.3f} s, resume {r['resume_s']:.3f} s")
   return pd.DataFrame(rows)
 
 
 def to_markdown(table: pd.DataFrame, settings: StoreSettings) -> str:
   m = settings.clients_per_round
-  lines = [f'| clients | store (GB) | open (s) | round of {m}: read / write / commit (s) | '
-           f'round total (s) | peak memory of {settings.rounds} rounds (MB) | resume after '
+  lines = [f'| clients | store (GB) | page cache | open (s) | round of {m}: read / write / commit (s) | '
+           f'round total (s) | memory added by open and {settings.rounds} rounds (MB) | resume after '
            'kill -9 (s) | before: whole-file check at open (s) | before: prune at commit (s) | '
-           'verify on demand (s) |', '|' + '---|' * 10]
+           'verify on demand (s) |', '|' + '---|' * 11]
   for _, r in table.iterrows():
     lines.append(
-        f'| {int(r.clients):,} | {r.size_gb:.2f} | {r.open_s:.3f} | {r.read_s:.3f} / '
+        f'| {int(r.clients):,} | {r.size_gb:.2f} | {"cold" if r.get("cold") else "warm"} | '
+        f'{r.open_s:.3f} | {r.read_s:.3f} / '
         f'{r.write_s:.3f} / {r.commit_s:.4f} | {r.round_s:.3f} | {r.peak_delta_mb:.0f} | '
         f'{r.resume_s:.3f} | {r.get("full_quick_check_s", float("nan")):.1f} | '
         f'{r.old_prune_s:.3f} | {r.get("verify_s", float("nan")):.1f} |')

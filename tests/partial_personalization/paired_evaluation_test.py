@@ -91,5 +91,21 @@ def test_two_level_bootstrap_covers_seeds_and_clients():
     intervals.two_level_bootstrap(np.zeros(5), np.ones(5))
 
 
+def test_a_method_identical_to_the_baseline_is_not_decided_either_way():
+  """A part whose chosen finetuning is 0 epochs is the baseline itself: its
+  differences are 0 up to float rounding, which decides nothing."""
+  rng = np.random.default_rng(0)
+  base = rng.uniform(0.1, 0.2, size=(3, 40))
+  weights = rng.uniform(500, 1500, size=40)
+  # The same values through another path, off by a rounding error of one sign.
+  same = base * (1 + 1e-15)
+  assert np.all(same > base)
+  mean, low, high = intervals.two_level_bootstrap(same - base, weights)
+  assert abs(mean) < 1e-12 and abs(low) < 1e-12 and abs(high) < 1e-12
+  assert intervals.decided(low, high) is None
+  assert intervals.decided(1e-4, 2e-3) == 'above 0'
+  assert intervals.decided(-2e-3, -1e-4) == 'below 0'
+
+
 if __name__ == '__main__':
   sys.exit(pytest.main([__file__, '-q']))
