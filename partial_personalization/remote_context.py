@@ -22,6 +22,7 @@ the training loop calls separately under this executor (see `runtime`).
 """
 
 import asyncio
+import concurrent.futures
 from typing import Sequence
 
 import grpc
@@ -98,11 +99,24 @@ def _worker_context(target: str, timeout_seconds: float):
       transform_result=tensorflow_computation.transform_result)
 
 
-async def _invoke_in_slice_order(form: mcec.MergeableCompForm, arg, contexts):
+def _on_threads(pool: concurrent.futures.ThreadPoolExecutor, calls):
+  """Runs each `call()` (a coroutine function) on its own thread and event loop.
+
+  TFF 0.87's `RemoteExecutor` calls its gRPC stub synchronously inside its
+  coroutines, which blocks the event loop: under one `asyncio.gather` the
+  workers computed one after another (measured: 2 workers, each on its own
+  core, ran a round no faster than 1; docs/scale.md). On threads their calls
+  overlap (gRPC's synchronous stubs are thread-safe).
+  """
+  loop = asyncio.get_running_loop()
+  return asyncio.gather(*[loop.run_in_executor(pool, asyncio.run, call()) for call in calls])
+
+
+async def _invoke_in_slice_order(form: mcec.MergeableCompForm, arg, contexts, pool):
   """TFF's mergeable invocation, with results and merges in slice order."""
   args = arg.value() if arg is not None else [None] * len(contexts)
-  partials = await asyncio.gather(*[
-      context.invoke(form.up_to_merge, a) for a, context in zip(args, contexts)])
+  partials = await _on_threads(pool, [
+      lambda a=a, c=context: c.invoke(form.up_to_merge, a) for a, context in zip(args, contexts)])
   merged = partials[0]
   for partial in partials[1:]:
     merged = await contexts[0].invoke(form.merge, structure.Struct.unnamed(merged, partial))
@@ -115,7 +129,7 @@ async def _invoke_in_slice_order(form: mcec.MergeableCompForm, arg, contexts):
   if type_analysis.contains_only(
       result_type, lambda t: not isinstance(t, computation_types.FederatedType) or t.all_equal):
     return await after(args[0], contexts[0])  # The same on every slice.
-  results = await asyncio.gather(*[after(a, c) for a, c in zip(args, contexts)])
+  results = await _on_threads(pool, [lambda a=a, c=c: after(a, c) for a, c in zip(args, contexts)])
   return mcec._repackage_partitioned_values(  # pylint: disable=protected-access
       list(results), result_type_spec=result_type)
 
@@ -126,6 +140,8 @@ class RemoteContext(mcec.MergeableCompExecutionContext):
   def __init__(self, workers: Sequence[str], timeout_seconds: float = 10.0):
     self.workers = parse_workers(workers)
     contexts = [_worker_context(w, timeout_seconds) for w in self.workers]
+    self._pool = concurrent.futures.ThreadPoolExecutor(
+        max_workers=len(contexts), thread_name_prefix='tff_remote_worker')
     super().__init__(async_contexts=contexts,
                      compiler_fn=mergeable_comp_compiler.compile_to_mergeable_comp_form,
                      num_subrounds=len(contexts))
@@ -138,7 +154,7 @@ class RemoteContext(mcec.MergeableCompExecutionContext):
       arg = mcec.MergeableCompExecutionContextValue(
           arg, form.up_to_merge.type_signature.parameter, self._num_subrounds)
     result = self._async_runner.run_coro_and_return_result(
-        _invoke_in_slice_order(form, arg, self._async_execution_contexts))
+        _invoke_in_slice_order(form, arg, self._async_execution_contexts, self._pool))
     # The original signature keeps the Python containers (e.g. ModelWeights).
     return type_conversions.type_to_py_container(result, comp.type_signature.result)
 

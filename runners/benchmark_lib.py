@@ -434,7 +434,8 @@ def _executor(row) -> str:
   if row['executor'] != 'remote':
     return row['executor']
   n = row.get('num_workers')
-  return f"remote ({int(n) if n == n and n is not None else 2} workers)"
+  n = int(n) if n == n and n is not None else 2
+  return f"remote ({n} worker{'s' if n > 1 else ''})"
 
 
 def to_markdown(table: pd.DataFrame) -> str:

@@ -90,6 +90,10 @@ _FINETUNE_PARTS = flags.DEFINE_list(
     'last_block,first_block,embeddings,adapter,full compares personal parts.')
 _ADAPTER_SIZE = flags.DEFINE_integer('adapter_size', _DEFAULTS.adapter_size,
                                      'Bottleneck of the adapter part.')
+_TEST_CLIENTS = flags.DEFINE_integer(
+    'test_clients', 0, 'Evaluate a seeded sample of this many clients (the same for every '
+    'method and seed; 0: every client). For a population of thousands: evaluation grows with '
+    'the clients evaluated.')
 _ROUNDS_PER_EVAL = flags.DEFINE_integer(
     'rounds_per_eval', 0, 'Heldout evaluation every k rounds of each run (TensorBoard '
     'curves; 0: never, it costs time).')
@@ -108,7 +112,7 @@ def _settings() -> paper_lib.Settings:
       client_learning_rate=_CLIENT_LR.value, personal_learning_rate=_PERSONAL_LR.value,
       clip_norm=_CLIP_NORM.value, finetune_epochs=epochs,
       finetune_parts=tuple(_FINETUNE_PARTS.value), adapter_size=_ADAPTER_SIZE.value,
-      rounds_per_eval=_ROUNDS_PER_EVAL.value)
+      rounds_per_eval=_ROUNDS_PER_EVAL.value, test_clients=_TEST_CLIENTS.value)
 
 
 def _train(name: str, config: config_lib.TrainConfig) -> dict:

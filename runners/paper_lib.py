@@ -67,6 +67,9 @@ class Settings:
   finetune_parts: tuple[str, ...] = ('last_block', 'full')
   adapter_size: int = 16
   rounds_per_eval: int = 0
+  # Clients evaluated (a seeded sample, the same for every method and seed;
+  # 0: all). Evaluation otherwise grows with the population.
+  test_clients: int = 0
   progress: bool = True
 
   def __post_init__(self):
@@ -76,6 +79,8 @@ class Settings:
       raise ValueError('`finetune_epochs` needs one or more epoch counts >= 0')
     if not self.finetune_parts:
       raise ValueError('`finetune_parts` needs at least one part')
+    if self.test_clients < 0:
+      raise ValueError('`test_clients` must be >= 0 (0: every client)')
 
   @property
   def methods(self) -> list[str]:
@@ -151,6 +156,8 @@ class SeedEvaluation:
     finetuning = {k: getattr(self.settings, k) for k in (
         'max_examples_per_client', 'client_optimizer', 'client_learning_rate',
         'personal_learning_rate', 'clip_norm', 'adapter_size', 'personalization')}
+    if self.settings.test_clients:  # Keys of all-client results stay as they were.
+      finetuning['test_clients'] = self.settings.test_clients
     parts = [method, json.dumps(list(epochs)), str(self.seed),
              integrity.file_sha256(weights_lib.model_file(source)),
              integrity.file_sha256(weights_lib.model_file(self.configs[BASELINE].run_dir)),
@@ -204,7 +211,7 @@ class SeedEvaluation:
     part = method_part(self.settings, method)
     config, task, evaluate = self._task(part)
     metric = task.report_metric
-    ids = population_lib.evaluation_clients(task)
+    ids = self.client_ids(task)
     h_ids = [c for c in ids if c in set(task.heldout_data.client_ids)]
     h_sets = population_lib.eval_datasets(task, 'heldout', h_ids)
     u, personal = self.start_weights(method, ids)
@@ -268,9 +275,19 @@ class SeedEvaluation:
     n = self.clients
     return n * (max(epochs) + len(epochs) + 1 + (method != BASELINE))
 
+  def client_ids(self, task) -> list[str]:
+    """The evaluated clients: all with train and test data, or a sample of
+    `test_clients` of them drawn with seed 0 (the same for every seed, so
+    differences stay paired)."""
+    ids = population_lib.evaluation_clients(task)
+    n = self.settings.test_clients
+    if n and n < len(ids):
+      ids = sorted(np.random.default_rng(0).permutation(ids)[:n].tolist())
+    return ids
+
   @property
   def clients(self) -> int:
-    return len(population_lib.evaluation_clients(self._task('none')[1]))
+    return len(self.client_ids(self._task('none')[1]))
 
 
 def choose_epochs(settings: Settings, method: str) -> list[int]:

@@ -49,6 +49,10 @@ class PretrainRecipe:
   rounds_per_eval: int = 50
   model_size: str = 'tiny'
   seed: int = 0
+  # Clients of each heldout evaluation (a seeded sample when fewer than the
+  # population): at the paper's 342k clients, all of them would cost more
+  # than the training.
+  eval_clients: int = 100_000
 
   def train_config(self, output_dir: str, *, progress: bool = True) -> config_lib.TrainConfig:
     return config_lib.TrainConfig(
@@ -60,7 +64,7 @@ class PretrainRecipe:
         server_warmup_fraction=0.0, total_rounds=self.rounds,
         clients_per_round=self.clients_per_round,
         max_examples_per_client=self.max_examples_per_client,
-        rounds_per_eval=self.rounds_per_eval, eval_clients=100_000,
+        rounds_per_eval=self.rounds_per_eval, eval_clients=self.eval_clients,
         rounds_per_checkpoint=10, seed=self.seed, report=False, progress=progress)
 
 
