@@ -138,7 +138,15 @@ def measure(settings: ConverterSettings, size_mb: int) -> dict:
 
 
 def run(settings: ConverterSettings) -> pd.DataFrame:
-  return pd.DataFrame([measure(settings, s) for s in settings.sizes_mb])
+  rows = []
+  for size in settings.sizes_mb:
+    print(f'== {size} MB of Posts.xml: build, convert, hash, token-id cache', flush=True)
+    rows.append(measure(settings, size))
+    r = rows[-1]
+    print(f"   {r['dump_mb']:,.0f} MB converted in {r['convert_s']:,.0f} s "
+          f"({r['mb_per_s']:.2f} MB/s), peak {r['convert_peak_mb']:,.0f} MB; token-id cache "
+          f"{r['token_cache_s']:,.0f} s, peak {r['token_cache_peak_mb']:,.0f} MB", flush=True)
+  return pd.DataFrame(rows)
 
 
 def to_markdown(table: pd.DataFrame) -> str:

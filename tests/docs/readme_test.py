@@ -34,7 +34,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__
 _TRAIN = ('--total_rounds=1 --clients_per_round=2 --max_examples_per_client=8 '
           '--rounds_per_eval=0 --report_clients=2 --eval_clients=2 --progress=false')
 _MAIN_JOB = ('--rounds=1 --clients_per_round=2 --max_examples_per_client=8 --seeds=0,1 '
-             '--finetune_epochs=1')
+             '--finetune_epochs=1 --test_clients=4')
 TINY = {
     # From the stored global model, as a fresh clone runs it.
     'tools/run_main_job.sh': _MAIN_JOB,
@@ -164,11 +164,12 @@ def test_readme_commands_run_as_written(tmp_path):
       continue
     assert lang in _SHELL, f'README.md:{line}: unknown block language {lang!r}'
     for n, command in commands(block, line):
-      script.append(f'echo {shlex.quote(f"### README.md:{n}: {command}")} >&2')
+      script.append(f'echo "### $(date +%s)" {shlex.quote(f"README.md:{n}: {command}")} >&2')
       script.append(with_tiny_settings(command))
   for line, block in python_blocks:
-    script.append(f'echo "### README.md:{line}: python block" >&2')
+    script.append(f'echo "### $(date +%s) README.md:{line}: python block" >&2')
     script.append(f'python - <<\'PYTHON_BLOCK\'\n{block}\nPYTHON_BLOCK')
+  script.append('echo "### $(date +%s) end" >&2')
   script.append('bazel shutdown >/dev/null 2>&1 || true')
   repo = _fresh_copy(str(tmp_path))
   env = {k: v for k, v in os.environ.items() if not k.startswith(('PYTEST', 'BUILD_'))}
@@ -178,6 +179,10 @@ def test_readme_commands_run_as_written(tmp_path):
     ran = [l for l in result.stderr.splitlines() if l.startswith('### ')]
     pytest.fail(f'{ran[-1] if ran else "set-up"} failed (exit {result.returncode}):\n'
                 f'{(result.stdout + result.stderr)[-4000:]}')
+  # Where the time goes (shown with pytest -s): seconds per README command.
+  marks = [l.split(' ', 2)[1:] for l in result.stderr.splitlines() if l.startswith('### ')]
+  for (start, what), (end, _) in zip(marks, marks[1:]):
+    print(f'{int(end) - int(start):5d} s  {what[:110]}')
   # What the README says the commands make is there.
   assert os.path.exists(os.path.join(repo, 'data_cache', 'stackoverflow', 'stackoverflow.sqlite'))
   assert os.path.exists(os.path.join(repo, 'output', 'so_fedalt', 'report', 'summary.json'))

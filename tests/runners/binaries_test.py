@@ -52,5 +52,29 @@ def test_usage_errors_are_one_line_exit_2(binary, args, message):
   assert len(lines) == 1 and lines[0].startswith(message), result.stderr[-2000:]
 
 
+@pytest.mark.slow  # three binaries started
+def test_verify_client_state_checks_a_whole_store_and_names_a_corrupt_row(tmp_path):
+  import sqlite3  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from partial_personalization import client_state  # pylint: disable=g-import-not-at-top
+  run_dir = tmp_path / 'run'
+  weights = client_state.ModelWeights([np.zeros([3], np.float32)], [])
+  store = client_state.ClientStateStore(str(run_dir / 'client_state.sqlite'), weights)
+  store.write(1, ['a', 'b'], [weights, weights])
+  store.commit(1)
+  store.close()
+  ok = _run('verify_client_state', f'--run_dir={run_dir}')
+  assert ok.returncode == 0 and ', ok, 2 rows' in ok.stdout, ok.stderr[-2000:]
+  conn = sqlite3.connect(str(run_dir / 'client_state.sqlite'))
+  conn.execute("UPDATE personal SET weights = X'00' WHERE client_id = 'b'")
+  conn.commit()
+  conn.close()
+  bad = _run('verify_client_state', f'--run_dir={run_dir}')
+  lines = bad.stderr.strip().splitlines()
+  assert bad.returncode == 2 and len(lines) == 1 and "client 'b'" in lines[0], bad.stderr[-2000:]
+  missing = _run('verify_client_state', f'--run_dir={tmp_path / "nothing"}')
+  assert missing.returncode == 2 and 'no client-state store there' in missing.stderr
+
+
 if __name__ == '__main__':
   sys.exit(pytest.main([__file__, '-q']))
