@@ -155,8 +155,8 @@ def to_markdown(table: pd.DataFrame) -> str:
            'file (MB) / peak memory (MB) |', '|' + '---|' * 10]
   for _, r in table.iterrows():
     lines.append(
-        f'| {r.dump_mb:,.0f} | {r.rows:,} | {r.convert_s:,.0f} | {r.mb_per_s:.2f} | '
-        f'{r.rows_per_s:,.0f} | {r.convert_peak_mb:,.0f} | {r.clients_kept:,} / '
-        f'{r.clients_seen:,} | {r.sentences:,} | {r.hash_s:.2f} | {r.token_cache_s:,.0f} / '
+        f'| {r.dump_mb:,.0f} | {int(r.rows):,} | {r.convert_s:,.0f} | {r.mb_per_s:.2f} | '
+        f'{r.rows_per_s:,.0f} | {r.convert_peak_mb:,.0f} | {int(r.clients_kept):,} / '
+        f'{int(r.clients_seen):,} | {int(r.sentences):,} | {r.hash_s:.2f} | {r.token_cache_s:,.0f} / '
         f'{r.token_cache_mb:,.0f} / {r.token_cache_peak_mb:,.0f} |')
   return '\n'.join(lines)

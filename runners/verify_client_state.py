@@ -16,6 +16,9 @@ from absl import app
 from absl import flags
 
 from partial_personalization import client_state
+# Imported for its exit hook: TFF's default context, made when TFF is imported,
+# otherwise fails noisily in its destructor at interpreter exit.
+from partial_personalization import runtime  # pylint: disable=unused-import
 from runners import paths
 
 _RUN_DIR = flags.DEFINE_string('run_dir', None, 'A run directory (holding client_state.sqlite), '

@@ -154,10 +154,15 @@ def test_checkpoint_of_another_round_is_refused(process, two_rounds):
 
 
 def test_corrupt_store_bytes_are_an_error_at_open(two_rounds):
+  """Damage to the commit record (the `meta` table's page) is found at open."""
   db = os.path.join(two_rounds, 'client_state.sqlite')
+  conn = sqlite3.connect(db)
+  root = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = 'meta'").fetchone()[0]
+  page_size = conn.execute('PRAGMA page_size').fetchone()[0]
+  conn.close()
   with open(db, 'r+b') as f:
-    f.seek(4096)
-    f.write(np.random.default_rng(0).bytes(4096))
+    f.seek((root - 1) * page_size)
+    f.write(np.random.default_rng(0).bytes(page_size))
   with pytest.raises(client_state.ClientStateError, match='not a readable client-state store'):
     client_state.ClientStateStore(db, tm.weights(0.0))
 

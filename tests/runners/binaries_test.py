@@ -64,7 +64,7 @@ def test_verify_client_state_checks_a_whole_store_and_names_a_corrupt_row(tmp_pa
   store.commit(1)
   store.close()
   ok = _run('verify_client_state', f'--run_dir={run_dir}')
-  assert ok.returncode == 0 and ', ok, 2 rows' in ok.stdout, ok.stderr[-2000:]
+  assert ok.returncode == 0 and ': ok, 2 rows' in ok.stdout, ok.stderr[-2000:]
   conn = sqlite3.connect(str(run_dir / 'client_state.sqlite'))
   conn.execute("UPDATE personal SET weights = X'00' WHERE client_id = 'b'")
   conn.commit()
