@@ -34,6 +34,7 @@ TFF worker processes of theirs (`VmHWM`).
 import dataclasses
 import multiprocessing
 import os
+import queue as queue_lib
 import resource
 import shutil
 import signal
@@ -95,16 +96,21 @@ def loopback_bytes() -> int:
   return 0
 
 
-def _peak_kb(pid: int) -> int:
-  """Peak resident set (VmHWM) of a live process, in KiB; 0 if gone."""
+def status_kb(field: str, pid='self') -> int:
+  """A KiB field of a live process's /proc status (VmRSS: resident now,
+  VmHWM: peak resident); 0 if the process is gone."""
   try:
     with open(f'/proc/{pid}/status') as f:
       for line in f:
-        if line.startswith('VmHWM:'):
+        if line.startswith(field + ':'):
           return int(line.split()[1])
   except OSError:
     pass
   return 0
+
+
+def _peak_kb(pid: int) -> int:
+  return status_kb('VmHWM', pid)
 
 
 def process_cpu_seconds(pid: Optional[int] = None) -> float:
@@ -357,22 +363,37 @@ def _start_workers(n: int, pin: bool = False) -> list[subprocess.Popen]:
   return procs
 
 
-def run_in_child(target, *args, what: str):
+def run_in_child(target, *args, what: str, expect_killed: bool = False):
   """`target(*args, queue)` in a fresh spawned process (its own TensorFlow
   and TFF runtime, so cases do not share caches or threads); returns what it
-  put on the queue.
+  put on the queue. With `expect_killed`, the child is meant to end by
+  SIGKILL after putting its result (a crash test).
 
   Raises:
-    RuntimeError: the process failed (its error is printed above).
+    RuntimeError: the process failed (its error is printed above), put
+      nothing, or ended otherwise than expected.
   """
   ctx = multiprocessing.get_context('spawn')
-  queue = ctx.Queue()
-  process = ctx.Process(target=target, args=(*args, queue))
+  results = ctx.Queue()
+  process = ctx.Process(target=target, args=(*args, results))
   process.start()
+  result, got = None, False
+  # Read before joining: a child does not exit while its queue holds a large
+  # item nobody reads.
+  while not got:
+    try:
+      result, got = results.get(timeout=1.0), True
+    except queue_lib.Empty:
+      if not process.is_alive():
+        try:  # Put just before it ended.
+          result, got = results.get(timeout=1.0), True
+        except queue_lib.Empty:
+          break
   process.join()
-  if process.exitcode != 0 or queue.empty():
+  killed = process.exitcode == -signal.SIGKILL
+  if not got or killed != expect_killed or (not expect_killed and process.exitcode != 0):
     raise RuntimeError(f'{what} failed (exit code {process.exitcode})')
-  return queue.get()
+  return result
 
 
 def measure(case: Case, settings: Settings) -> dict:

@@ -12,7 +12,6 @@ Dumps and conversions are kept in `<out>/converter/` (a rerun reuses them).
 """
 
 import dataclasses
-import multiprocessing
 import os
 import re
 import resource
@@ -22,6 +21,7 @@ from typing import Sequence
 
 import pandas as pd
 
+from runners import benchmark_lib
 from tasks.stackoverflow import convert_lib
 
 # Ids that tie rows together (answers to questions, posts to users); shifted
@@ -112,28 +112,18 @@ def _caches(data_dir: str, vocab_size: int, sequence_length: int, queue):
                  token_cache_peak_mb=_peak_mb(), tf_base_mb=base))
 
 
-def _in_child(target, *args):
-  ctx = multiprocessing.get_context('spawn')
-  queue = ctx.Queue()
-  process = ctx.Process(target=target, args=(*args, queue))
-  process.start()
-  result = queue.get()  # Before join: a large item would block the child's exit.
-  process.join()
-  if process.exitcode != 0:
-    raise RuntimeError(f'{target.__name__} failed (exit code {process.exitcode})')
-  return result
-
-
 def measure(settings: ConverterSettings, size_mb: int) -> dict:
   folder = os.path.join(settings.out_dir, 'converter', f'{size_mb}mb')
   dump = build_dump(settings.dump_dirs, os.path.join(folder, 'dump'), size_mb * 2**20)
   data_dir = os.path.join(folder, 'data')
   row = dict(dump_mb=dump['bytes'] / 2**20, copies=dump['copies'])
-  row.update(_in_child(_convert, os.path.join(folder, 'dump'), data_dir, settings.min_examples))
+  row.update(benchmark_lib.run_in_child(_convert, os.path.join(folder, 'dump'), data_dir,
+                                        settings.min_examples, what='conversion'))
   row['database_mb'] = os.path.getsize(os.path.join(data_dir, convert_lib.DATABASE_FILENAME)) / 2**20
   row['mb_per_s'] = row['dump_mb'] / row['convert_s']
   row['rows_per_s'] = row['rows'] / row['convert_s']
-  row.update(_in_child(_caches, data_dir, settings.vocab_size, settings.sequence_length))
+  row.update(benchmark_lib.run_in_child(_caches, data_dir, settings.vocab_size,
+                                        settings.sequence_length, what='data hash and token cache'))
   return row
 
 

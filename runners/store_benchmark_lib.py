@@ -15,7 +15,6 @@ resumes a partial fill); each is ~134 KB per client for `tiny`'s last block.
 """
 
 import dataclasses
-import multiprocessing
 import os
 import signal
 import statistics
@@ -26,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from partial_personalization import progress as progress_lib
+from runners import benchmark_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,14 +99,6 @@ def fill(settings: StoreSettings, population: int, shapes) -> float:
   return time.time() - start
 
 
-def _status_kb(field: str) -> int:
-  with open('/proc/self/status') as f:
-    for line in f:
-      if line.startswith(field + ':'):
-        return int(line.split()[1])
-  return 0
-
-
 def _reset_peak() -> None:
   """Restarts the peak resident set (VmHWM) from the current one (Linux)."""
   with open('/proc/self/clear_refs', 'w') as f:
@@ -120,7 +112,7 @@ def _measure_rounds(settings: StoreSettings, population: int, shapes, queue):
   rng = np.random.default_rng(0)
   new_weights = [_weights(shapes, rng) for _ in range(settings.clients_per_round)]
   _reset_peak()  # The peak of the store's work, not of TensorFlow's import.
-  rss_before = _status_kb('VmRSS')
+  rss_before = benchmark_lib.status_kb('VmRSS')
   t = time.perf_counter()
   store = client_state.ClientStateStore(path, new_weights[0])
   open_s = time.perf_counter() - t
@@ -149,7 +141,7 @@ def _measure_rounds(settings: StoreSettings, population: int, shapes, queue):
     commits.append(time.perf_counter() - t)
   rows = store._conn.execute('SELECT COUNT(*) FROM personal').fetchone()[0]  # pylint: disable=protected-access
   store.close()
-  peak_delta_mb = (_status_kb('VmHWM') - rss_before) / 1024
+  peak_delta_mb = (benchmark_lib.status_kb('VmHWM') - rss_before) / 1024
   med = statistics.median
   queue.put(dict(open_s=open_s, read_s=med(reads), write_s=med(writes), commit_s=med(commits),
                  round_s=med(a + b + c for a, b, c in zip(reads, writes, commits)),
@@ -214,18 +206,6 @@ def drop_page_cache() -> bool:
   return True
 
 
-def _in_child(target, *args, expect_killed: bool = False):
-  ctx = multiprocessing.get_context('spawn')
-  queue = ctx.Queue()
-  process = ctx.Process(target=target, args=(*args, queue))
-  process.start()
-  process.join()
-  killed = process.exitcode == -signal.SIGKILL
-  if (killed != expect_killed) or (not expect_killed and process.exitcode != 0) or queue.empty():
-    raise RuntimeError(f'{target.__name__} failed (exit code {process.exitcode})')
-  return queue.get()
-
-
 def measure(settings: StoreSettings, population: int, shapes, verify: bool = True) -> dict:
   """One population's row: fill (or reuse), then each measurement in a fresh process."""
   fill_s = fill(settings, population, shapes)
@@ -235,10 +215,12 @@ def measure(settings: StoreSettings, population: int, shapes, verify: bool = Tru
   # Each measurement from a cold page cache where allowed: a store of many GB
   # is not in memory when a run starts or resumes.
   row['cold'] = drop_page_cache()
-  row.update(_in_child(_measure_rounds, settings, population, shapes))
-  committed = _in_child(_killed_mid_round, settings, population, shapes, expect_killed=True)
+  args = (settings, population, shapes)
+  row.update(benchmark_lib.run_in_child(_measure_rounds, *args, what='store rounds'))
+  committed = benchmark_lib.run_in_child(_killed_mid_round, *args, what='killed round',
+                                         expect_killed=True)
   drop_page_cache()
-  resumed = _in_child(_resume, settings, population, shapes)
+  resumed = benchmark_lib.run_in_child(_resume, *args, what='resume')
   if resumed['committed'] != committed or resumed['dropped'] != settings.clients_per_round:
     raise RuntimeError(f'resume after kill -9: committed round {resumed["committed"]} '
                        f'(expected {committed}), {resumed["dropped"]} rows dropped '
@@ -246,7 +228,7 @@ def measure(settings: StoreSettings, population: int, shapes, verify: bool = Tru
   row.update(resume_s=resumed['resume_s'], resume_dropped=resumed['dropped'])
   if verify:
     drop_page_cache()
-    row.update(_in_child(_verify, settings, population, shapes))
+    row.update(benchmark_lib.run_in_child(_verify, *args, what='verify'))
   return row
 
 
