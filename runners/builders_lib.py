@@ -1,6 +1,6 @@
 """Builds what `config_lib.TrainConfig` names: optimizers, the TFF process of
-`--algorithm` (TFF's FedAvg or FedRecon, or one of `personalized_process.BUILDERS`)
-wrapped for the training loop, and the evaluation and finetuning computations.
+`--algorithm` (its `algorithm_registry` entry) wrapped for the training loop,
+and the evaluation and finetuning computations.
 
 Computations are memoized per Python process (`memoized`): runs that differ
 only in settings no computation traces share them.
@@ -12,13 +12,14 @@ from typing import Optional
 
 import tensorflow_federated as tff
 
-from partial_personalization import asynchronous
-from partial_personalization import byzantine
-from partial_personalization import optimizers
-from partial_personalization import personalized_process
-from partial_personalization import robust_aggregators
-from partial_personalization import runtime
-from partial_personalization import training_loop
+from partial_personalization import evaluation
+from partial_personalization.execution import runtime
+from partial_personalization.programs import asynchronous
+from partial_personalization.programs import byzantine
+from partial_personalization.programs import round_runners
+from partial_personalization.templates import optimizers
+from partial_personalization.templates import robust_aggregators
+from runners import algorithm_registry
 from runners import config_lib
 
 
@@ -44,7 +45,7 @@ def server_optimizer(config):
 
 
 def build_runner(config, task, named_init, store, *, population=None,
-                 make_dataset=None) -> training_loop.RoundRunner:
+                 make_dataset=None) -> round_runners.RoundRunner:
   """The process of `config.algorithm` wrapped for the training loop, starting
   from `named_init`; personal state (if any) lives in `store`.
 
@@ -53,8 +54,8 @@ def build_runner(config, task, named_init, store, *, population=None,
   """
   shared, _ = task.partition.split(named_init)
   process = memoized('process', config, lambda: _build_process(config, task))
-  if config.algorithm in ('fedavg', 'fedrecon'):
-    return training_loop.FedAvgRunner(process, initial_weights=shared)
+  if config.spec.tff_process:
+    return round_runners.FedAvgRunner(process, initial_weights=shared)
   population = sorted(population or task.train_data.client_ids)
   if config.asynchronous:
     if make_dataset is None:
@@ -65,100 +66,56 @@ def build_runner(config, task, named_init, store, *, population=None,
         concurrency=config.async_concurrency or config.clients_per_round,
         seed=config.seed, delay_adaptive=config.async_delay_adaptive,
         stateless=config.stateless, initial_shared=shared)
+  common = dict(initial_shared=shared, stateless=config.stateless,
+                split_rounds=runtime.splits_rounds())
   attack = build_attack(config)
-  return training_loop.PersonalizedRunner(
-      process, store, initial_shared=shared, stateless=config.stateless, attack=attack,
-      byzantine_ids=frozenset(attack.byzantine_clients(population)) if attack else frozenset(),
-      split_rounds=runtime.splits_rounds())
-
-
-# Each algorithm's own hyperparameters: its builder's keyword -> the
-# `TrainConfig` field (flag) that sets it. A builder takes no others.
-ALGORITHM_SETTINGS = {
-    'fedalt': dict(tau_u='tau_u', tau_v='tau_v', local_unit='local_unit',
-                   personal_l2='personal_l2'),
-    'fedsim': dict(tau='tau_u', local_unit='local_unit', personal_l2='personal_l2'),
-    'ffgg': dict(finetune_steps='tau_v', local_steps='local_steps'),
-    'ditto': dict(prox_strength='prox_strength', tau_u='tau_u', tau_v='tau_v',
-                  local_unit='local_unit'),
-    'pfedme': dict(prox_strength='prox_strength', inner_steps='inner_steps', tau_u='tau_u',
-                   local_unit='local_unit'),
-}
+  if attack:
+    return byzantine.ByzantineRunner(
+        process, store, attack=attack,
+        byzantine_ids=frozenset(attack.byzantine_clients(population)), **common)
+  return round_runners.PersonalizedRunner(process, store, **common)
 
 
 def _build_process(config, task):
-  """The TFF process of `config.algorithm` (TFF's FedAvg or FedRecon, or ours)."""
-  client_opt = optimizers.build_optimizer(
-      config.client_optimizer, config.client_learning_rate, clip_norm=config.clip_norm)
-  server_opt = server_optimizer(config)
-  aggregator = robust_aggregators.build_robust_aggregator(
-      config.aggregator, trim_fraction=config.trim_fraction,
-      bucket_size=config.bucket_size, seed=config.seed)
-  if config.algorithm == 'fedavg':
-    return tff.learning.algorithms.build_weighted_fed_avg(
-        task.variable_model_fn, client_optimizer_fn=client_opt,
-        server_optimizer_fn=server_opt, model_aggregator=aggregator,
-        client_weighting=config_lib.CLIENT_WEIGHTING[config.client_weighting],
-        loop_implementation=tff.learning.LoopImplementation.DATASET_ITERATOR)
-  if config.algorithm == 'fedrecon':
-    # Configured as stateless FedAlt: reconstruction on the whole client
-    # dataset for tau_v epochs, then tau_u epochs on u (see docs/design.md).
-    return tff.learning.algorithms.build_fed_recon(
-        task.reconstruction_model_fn, loss_fn=task.loss_fn, metrics_fn=task.metrics_fn,
-        client_optimizer_fn=client_opt, server_optimizer_fn=server_opt,
-        client_weighting=config_lib.CLIENT_WEIGHTING[config.client_weighting],
-        reconstruction_optimizer_fn=personal_optimizer(config),
-        dataset_split_fn=tff.learning.models.ReconstructionModel.build_dataset_split_fn(
-            recon_epochs=config.tau_v, post_recon_epochs=config.tau_u, split_dataset=False))
-  own = {keyword: getattr(config, field)
-         for keyword, field in ALGORITHM_SETTINGS[config.algorithm].items()}
-  return personalized_process.BUILDERS[config.algorithm](
-      task.reconstruction_model_fn, loss_fn=task.loss_fn, metrics_fn=task.metrics_fn,
-      client_optimizer=client_opt, personal_optimizer=personal_optimizer(config),
-      server_optimizer=server_opt, model_aggregator=aggregator,
-      client_weighting=config_lib.CLIENT_WEIGHTING[config.client_weighting],
-      evaluation_loss_fn=task.evaluation_loss_fn, **own)
+  """The TFF process of `config.algorithm` (`AlgorithmSpec.build`) with the
+  run's optimizers, aggregator and weighting, and the algorithm's settings."""
+  parts = dict(
+      client_optimizer=optimizers.build_optimizer(
+          config.client_optimizer, config.client_learning_rate, clip_norm=config.clip_norm),
+      personal_optimizer=personal_optimizer(config),
+      server_optimizer=server_optimizer(config),
+      model_aggregator=robust_aggregators.build_robust_aggregator(
+          config.aggregator, trim_fraction=config.trim_fraction,
+          bucket_size=config.bucket_size, seed=config.seed),
+      client_weighting=config_lib.CLIENT_WEIGHTING[config.client_weighting])
+  settings = {keyword: getattr(config, field) for keyword, field in config.spec.settings.items()}
+  return config.spec.build(task, parts, **settings)
 
 
 def build_evaluation(task) -> tff.Computation:
   """The task's per-client evaluation of (u, v_i) (its `evaluation_loss_fn`,
-  no gradient taken); see `personalized_process.build_personalized_evaluation`."""
-  return personalized_process.build_personalized_evaluation(
+  no gradient taken); see `evaluation.build_personalized_evaluation`."""
+  return evaluation.build_personalized_evaluation(
       task.reconstruction_model_fn, loss_fn=task.evaluation_loss_fn, metrics_fn=task.metrics_fn)
 
 
 def build_finetuning(config, task, epochs: int) -> tff.Computation:
-  """`personalized_process.build_personal_finetuning` with the run's settings
+  """`evaluation.build_personal_finetuning` with the run's settings
   (`--finetune_learning_rate`, `--local_unit`, `--personal_l2`)."""
-  return personalized_process.build_personal_finetuning(
+  return evaluation.build_personal_finetuning(
       task.reconstruction_model_fn, loss_fn=task.loss_fn,
       optimizer=personal_optimizer(config, config.finetune_learning_rate),
-      tau=epochs, local_unit=config.local_unit, personal_l2=config.personal_l2)
+      tau_v=epochs, local_unit=config.local_unit, personal_l2=config.personal_l2)
 
 
-# Settings that never enter a TFF computation. Runs that differ only in them
-# share their computations (`memoized`): a main job traces each process once
-# for all its seeds, instead of about 10 s per run.
-_NOT_TRACED = frozenset({
-    'experiment_name', 'root_output_dir', 'init_from', 'init_checkpoint', 'baseline_model',
-    'report', 'progress', 'rounds_per_eval', 'rounds_per_checkpoint', 'eval_clients',
-    'report_clients', 'finetune_epochs', 'finetune_learning_rate',
-    'finetune_personalization', 'clients_per_round', 'byzantine_fraction', 'attack',
-    'attack_scale', 'async_concurrency', 'async_delay', 'async_delay_mean',
-    'async_slow_fraction', 'async_slow_factor', 'async_delay_adaptive', 'groups',
-    'client_group', 'client_sampling'})
-
-
-# What the evaluation and the finetuning computations read of a config (with
-# the task's options): they do not depend on the algorithm that trained.
-_TASK_FIELDS = ('task', 'cache_dir', 'model_size', 'adapter_size', 'dropout', 'vocab_size',
-                'model', 'width_multiplier', 'heldout_fraction', 'gldv2_variant', 'image_size',
-                'crop_size', 'client_batch_size', 'max_examples_per_client')
-
-
-_FINETUNE_FIELDS = _TASK_FIELDS + ('client_optimizer', 'client_learning_rate',
-                                   'personal_learning_rate', 'clip_norm', 'local_unit',
-                                   'personal_l2')
+# Settings by the computations they enter (`config_lib.TRACED`). Runs that
+# differ only in settings a computation does not trace share it (`memoized`):
+# a main job traces each process once for all its seeds, instead of about
+# 10 s per run.
+_NOT_TRACED = frozenset(config_lib.fields_where(traced='never'))
+# What the evaluation reads of a config: not the algorithm that trained.
+_TASK_FIELDS = config_lib.fields_where(traced='model')
+_FINETUNE_FIELDS = _TASK_FIELDS + config_lib.fields_where(traced='finetuning')
 
 
 _COMPUTATIONS = {}
@@ -213,9 +170,9 @@ def parameter_counts(config, task=None) -> tuple[int, int]:
   """
   task = task or config_lib.create_task(config)
   shared_n, personal_n = task.partition.num_parameters()
-  if config_lib.is_full_personalization(config):
+  if config.spec.whole_model:
     personal_n = shared_n
-  elif config.algorithm == 'fedavg' and config.finetune_epochs:
+  elif config.spec.personal == algorithm_registry.NOT_PERSONALIZED and config.finetune_epochs:
     personal_n = config_lib.create_task(
         config, config.finetune_personalization or 'full').partition.num_parameters()[1]
   return shared_n, personal_n

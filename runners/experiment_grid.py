@@ -82,7 +82,7 @@ _ATTACK_SCALES = flags.DEFINE_list('attack_scales', ['1', '5'],
                                    'set of attack cells per scale.')
 _BUCKET_SIZE = flags.DEFINE_integer('bucket_size', 2, 'ffgg study: bucket size of the median.')
 _FFGG_STEPS = flags.DEFINE_integer(
-    'ffgg_finetune_steps', 20, 'ffgg study: K, full-batch fine-tuning steps of FFGG in its own '
+    'ffgg_tau_v', 20, 'ffgg study: K, full-batch fine-tuning steps of FFGG in its own '
     'regime (uniform weights), against FedAlt with K epochs on v (same gradient evaluations).')
 _CELLS = flags.DEFINE_list('cells', [], 'Glob patterns of cell names to run (default: all).')
 _NUM_SHARDS = flags.DEFINE_integer('num_shards', 1, 'Split the cells across this many processes.')
@@ -163,7 +163,7 @@ def _run_grid(out: str, seed: int, data: dict):
         ffgg_server_learning_rate=_FFGG_SERVER_LR.value,
         byzantine_fraction=_BYZANTINE_FRACTION.value,
         attack_scales=[float(x) for x in _ATTACK_SCALES.value],
-        bucket_size=_BUCKET_SIZE.value, ffgg_finetune_steps=_FFGG_STEPS.value, **study)
+        bucket_size=_BUCKET_SIZE.value, ffgg_tau_v=_FFGG_STEPS.value, **study)
   cells = grid_lib.select(all_cells, _CELLS.value)[_SHARD_INDEX.value::_NUM_SHARDS.value]
   with flags_lib.tff_runtime():
     grid_lib.train_baseline(common, pretrain_rounds=_PRETRAIN_ROUNDS.value,

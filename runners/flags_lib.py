@@ -11,110 +11,15 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from partial_personalization import client_state
-from partial_personalization import run_lock
-from partial_personalization import runtime
-from partial_personalization import training_loop
-from runners import paths
+from partial_personalization.execution import runtime
+from partial_personalization.programs import training_loop
+from partial_personalization.state import client_state
+from partial_personalization.state import run_lock
 from runners import config_lib
+from runners import paths
 from tasks.stackoverflow import convert_lib
 
 FLAGS = flags.FLAGS
-
-_HELP = {
-    'experiment_name': 'Name of the run; outputs go to <root_output_dir>/<experiment_name>.',
-    'root_output_dir': 'Root folder of all runs.',
-    'task': 'stackoverflow (next word), emnist (62 characters, FEMNIST writers) or gldv2 '
-            '(landmarks).',
-    'cache_dir': 'Folder with the task data (default data_cache/<task>): stackoverflow.sqlite and '
-                 '.word_count; emnist_all.sqlite; gld23k/ or gld160k/ in TFF\'s cache layout.',
-    'algorithm': 'fedavg (TFF, non-personalized), fedalt, fedsim, ffgg (fine-tuning followed '
-                 'by global gradient), fedrecon (TFF build_fed_recon, stateless), ditto or '
-                 'pfedme (full personalization; use --personalization=none).',
-    'personalization': 'Which parameters are personal. stackoverflow: none, embeddings, '
-                       'first_block, last_block (default), decoder, adapter (needs '
-                       '--adapter_size), full. emnist, gldv2: none, stem, head (default), '
-                       'adapter, representation, full. FedAvg, Ditto, pFedMe: none.',
-    'model_size': 'stackoverflow: tiny or mini (the paper\'s 5.7M-parameter transformer).',
-    'adapter_size': 'stackoverflow: adapter bottleneck size (0: no adapters).',
-    'dropout': 'Dropout rate of the model (regularization).',
-    'vocab_size': 'stackoverflow: vocabulary words (tokens = words + 4).',
-    'model': 'emnist: cnn (default) or resnet18; gldv2: resnet18 (default) or mobilenet_v2.',
-    'width_multiplier': 'emnist, gldv2: scales every layer width (1: published sizes).',
-    'heldout_fraction': 'emnist, gldv2: expected fraction of each client\'s train examples held '
-                        'out (periodic evaluation, heldout gating).',
-    'gldv2_variant': 'gldv2: gld23k (233 clients, 203 classes) or gld160k (1,262, 2,028).',
-    'image_size': 'gldv2: images are resized to this side (pixels).',
-    'crop_size': 'gldv2: side of the random (train) or central (test) crop; the model input.',
-    'client_optimizer': 'Local optimizer of u (and v).',
-    'client_learning_rate': 'Local learning rate of u.',
-    'personal_learning_rate': 'Local learning rate of v (default: client_learning_rate).',
-    'server_optimizer': 'Server optimizer applied to the mean update of u.',
-    'server_learning_rate': 'Server learning rate (peak, with a schedule).',
-    'server_lr_schedule': 'constant, or warmup_decay: linear warmup over '
-                          '--server_warmup_fraction of --total_rounds, then linear decay to 0.',
-    'server_warmup_fraction': 'Share of the rounds spent warming up (warmup_decay).',
-    'clip_norm': 'Clip each local step\'s gradient to this global norm, separately for u '
-                 'and v (0: no clipping; the reference code uses 0.25).',
-    'total_rounds': 'Number of rounds (0: only evaluate the start model, e.g. with finetuning).',
-    'clients_per_round': 'Clients sampled per round (m).',
-    'client_sampling': 'uniform (a uniform sample each round) or balanced (the clients that '
-                       'participated least so far: every client trains R * m / n times).',
-    'client_batch_size': 'Local batch size.',
-    'max_examples_per_client': 'Cap on examples a client uses per round.',
-    'tau_u': 'Local epochs/steps on the shared part u.',
-    'tau_v': 'Local epochs/steps on the personal part v (FedAlt); ffgg: full-batch '
-             'fine-tuning steps (Algorithm 2).',
-    'local_unit': 'Unit of tau_u and tau_v: epochs or steps.',
-    'stateless': 'FedAlt/FedSim with v_i reset to v_0 at every participation (FedRecon setting); '
-                 'evaluation reconstructs v_i on the train split first.',
-    'personal_l2': 'Weight decay of the personal part in FedAlt/FedSim.',
-    'prox_strength': 'lambda of Ditto and pFedMe (pull toward the global model).',
-    'inner_steps': 'pFedMe inner steps K per batch.',
-    'local_steps': 'ffgg: full-batch steps on u per round (1: FFGG, > 1: Local FFGG, '
-                   'Mishchenko et al. Algorithm 4).',
-    'aggregator': 'Aggregation of the u updates: mean (example-weighted), median '
-                  '(coordinate-wise) or trimmed_mean (Byzantine-robust).',
-    'trim_fraction': 'trimmed_mean: fraction trimmed at each end, in [0, 0.5).',
-    'bucket_size': 'Bucketing before the aggregator: shuffle, average buckets of this many '
-                   'updates (1: none).',
-    'client_weighting': 'Weight of each client\'s u update in the mean: examples (its '
-                        'example count, as FedAvg) or uniform (1 each, as FFGG\'s 1/n sum).',
-    'byzantine_fraction': 'Simulated attack: fraction of the training clients that are '
-                          'Byzantine (a fixed, seeded set); 0: none.',
-    'attack': 'What Byzantine clients send: flip (-attack_scale * update) or noise '
-              '(Gaussian, std attack_scale).',
-    'attack_scale': 'Scale of the attack.',
-    'asynchronous': 'Simulated asynchronous training: the server applies each update as it '
-                    'arrives, computed from a stale u (Mishchenko et al. Algorithm 3).',
-    'async_concurrency': 'Clients in flight (0: clients_per_round).',
-    'async_delay': 'Delay distribution: exponential, uniform (0 to 2 x mean) or constant.',
-    'async_delay_mean': 'Mean delay (simulated time units).',
-    'async_slow_fraction': 'Fraction of clients that are slow (fixed, seeded set).',
-    'async_slow_factor': 'Delay multiplier of slow clients.',
-    'async_delay_adaptive': 'Scale each update by min(1, concurrency / staleness).',
-    'groups': 'Client groups: metadata (stackoverflow: the site), csv:PATH (client_id,group) '
-              'or kmeans:K (label histograms).',
-    'client_group': 'Train and report only this group\'s clients (group fine-tuning).',
-    'finetune_epochs': 'Before testing, finetune each client\'s personal part for this many '
-                       'epochs on its train split (0: none; stateless runs default to tau_v).',
-    'finetune_learning_rate': 'Learning rate of that finetuning (default: personal_learning_rate).',
-    'finetune_personalization': 'With --algorithm=fedavg: the part finetuned at evaluation '
-                                '(local finetuning baseline; default full).',
-    'report_clients': 'Clients in the final report (0: all with train and test data; else a '
-                      'seeded sample).',
-    'rounds_per_eval': 'Evaluate on heldout data every k rounds (0: never).',
-    'eval_clients': 'Clients in the periodic heldout evaluation.',
-    'rounds_per_checkpoint': 'Commit (checkpoint) every k rounds.',
-    'seed': 'Seed of initialization, client sampling and shuffles.',
-    'init_from': 'Start from this run directory\'s model.npz (e.g. FedAvg pretraining).',
-    'init_checkpoint': 'Pretrained weights (.npz of named weights or Keras .h5) loaded where '
-                       'name and shape match, e.g. a backbone; default: from scratch.',
-    'baseline_model': 'Non-personalized model (run dir or .npz) for the report; default: the start model.',
-    'report': 'Write the per-client report at the end (personalized runs).',
-    'progress': 'Show progress bars.',
-}
-
 
 def define_executor_flags():
   """--executor and its settings (runtime.ExecutorConfig); none changes results."""
@@ -141,10 +46,11 @@ def executor_config_from_flags() -> runtime.ExecutorConfig:
 
 
 def define_train_flags():
-  """Defines one flag per `TrainConfig` field, with its default."""
+  """Defines one flag per `TrainConfig` field, with its default and help
+  (the field's declaration, `config_lib._setting`)."""
   for field in dataclasses.fields(config_lib.TrainConfig):
     default = field.default
-    help_text = _HELP[field.name]
+    help_text = field.metadata['help']
     if field.name == 'experiment_name':
       flags.DEFINE_string(field.name, None, help_text, required=True)
     elif field.type in ('bool', bool):

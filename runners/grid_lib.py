@@ -23,8 +23,8 @@ from typing import Optional, Sequence
 import pandas as pd
 
 from partial_personalization import evaluation
-from partial_personalization import plots
-from partial_personalization import runtime
+from partial_personalization.evaluation import plots
+from partial_personalization.execution import runtime
 from runners import builders_lib
 from runners import config_lib
 from runners import train_lib
@@ -99,7 +99,7 @@ def paper_cells(*, task: str = 'stackoverflow', partitions: Optional[Sequence[st
 
 def ffgg_cells(*, task: str = 'stackoverflow', ffgg_server_learning_rate: float = 0.3,
                byzantine_fraction: float = 0.2, attack_scales: Sequence[float] = (1.0, 5.0),
-               bucket_size: int = 2, ffgg_finetune_steps: int = 20, **unused) -> list[Cell]:
+               bucket_size: int = 2, ffgg_tau_v: int = 20, **unused) -> list[Cell]:
   """The FFGG study (Mishchenko et al., TMLR 2025) on the task's default partition.
 
   FedAlt (1 epoch on v, 1 on u) against FFGG (1 full-batch step on v, then
@@ -109,7 +109,7 @@ def ffgg_cells(*, task: str = 'stackoverflow', ffgg_server_learning_rate: float 
   coordinate-wise median with bucketing, for FFGG and FedAlt. Cell names carry
   the scale when it is not 1 (`ffgg_flip5_median`).
 
-  FFGG in its own regime (Mishchenko et al.'s experiments): `ffgg_finetune_steps`
+  FFGG in its own regime (Mishchenko et al.'s experiments): `ffgg_tau_v`
   = K full-batch steps on v and the clients' gradients averaged uniformly
   (`ffgg_tau<K>_uniform`), against FedAlt at the same gradient evaluations:
   K epochs on v and 1 on u, K + 1 passes over the client's data each
@@ -122,7 +122,7 @@ def ffgg_cells(*, task: str = 'stackoverflow', ffgg_server_learning_rate: float 
   ffgg = dict(algorithm='ffgg', tau_v=1, server_learning_rate=ffgg_server_learning_rate)
   fedalt = dict(algorithm='fedalt', tau_v=1, tau_u=1)
   robust = dict(aggregator='median', bucket_size=bucket_size)
-  k = ffgg_finetune_steps
+  k = ffgg_tau_v
   cells = [Cell('fedalt', 'no attack', 'FedAlt', part, True, fedalt),
            Cell('ffgg', 'no attack', 'FFGG', part, True, ffgg),
            Cell(f'fedalt_tau{k}', f'{k + 1} passes', f'FedAlt, tau_v = {k} epochs', part, True,

@@ -30,10 +30,10 @@ from typing import Callable, Optional
 import pandas as pd
 
 from partial_personalization import evaluation
-from partial_personalization import personalized_process
-from partial_personalization import plots
-from partial_personalization import progress as progress_lib
-from partial_personalization import runtime
+from partial_personalization.evaluation import plots
+from partial_personalization.execution import runtime
+from partial_personalization.programs import progress as progress_lib
+from runners import algorithm_registry
 from runners import builders_lib
 from runners import config_lib
 from runners import population_lib
@@ -43,7 +43,7 @@ from runners import weights_lib
 
 VARIANTS = ('global', 'global_local', 'global_group', 'global_group_local')
 CONTROL_VARIANTS = ('global_extra', 'global_extra_local')
-LOCAL_ALGORITHMS = ('finetune',) + personalized_process.PARTIAL_ALGORITHMS
+LOCAL_ALGORITHMS = ('finetune',) + algorithm_registry.partial_algorithms()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,7 +51,7 @@ class GroupSettings:
   """Attributes:
     groups: `--groups` source (metadata, csv:PATH, kmeans:K).
     global_rounds, group_rounds: FedAvg rounds of stages 1 and 2.
-    local_algorithm: 'finetune' or one of `personalized_process.PARTIAL_ALGORITHMS`.
+    local_algorithm: 'finetune' or one of `algorithm_registry.partial_algorithms()`.
     local_personalization: What finetuning trains (a partition name; 'full'
       for the whole model); for an algorithm, its personal part (None: the
       task's default).

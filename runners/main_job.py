@@ -29,8 +29,8 @@ import os
 from absl import flags
 import pandas as pd
 
-from partial_personalization import intervals
-from partial_personalization import plots
+from partial_personalization.evaluation import intervals
+from partial_personalization.evaluation import plots
 from runners import config_lib
 from runners import flags_lib
 from runners import paper_lib

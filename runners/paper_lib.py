@@ -32,14 +32,14 @@ from typing import Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from partial_personalization import client_state
 from partial_personalization import evaluation
-from partial_personalization import evaluation_protocol
-from partial_personalization import integrity
-from partial_personalization import intervals
-from partial_personalization import paired_evaluation
-from partial_personalization import progress as progress_lib
-from partial_personalization import training_loop
+from partial_personalization.evaluation import intervals
+from partial_personalization.evaluation import paired
+from partial_personalization.evaluation import protocol
+from partial_personalization.programs import progress as progress_lib
+from partial_personalization.programs import training_loop
+from partial_personalization.state import client_state
+from partial_personalization.state import integrity
 from runners import builders_lib
 from runners import config_lib
 from runners import population_lib
@@ -251,19 +251,19 @@ class SeedEvaluation:
     # Shuffles of "round" 2**31 - 1 - pass: never a training round's.
     sets = [task.train_dataset(c, training_loop.dataset_seed(self.seed, 2**31 - 1 - done, i))
             for i, c in enumerate(ids)]
-    return evaluation_protocol.finetune_clients(finetune, u, personal, sets,
+    return protocol.finetune_clients(finetune, u, personal, sets,
                                                 progress=bar.update)
 
   def _paired(self, method, task, part, u, personal, ids, bar) -> None:
     """Sentence-level test scores of FedAvg (a) and the method (b)."""
     u_a, v_a = self.start_weights(BASELINE if part == 'none' else f'{_FINETUNE}{part}', ids)
     config = self._task(part)[0]
-    paired = builders_lib.memoized(
-        'paired_evaluation', config, lambda: paired_evaluation.build_paired_evaluation(
+    computation = builders_lib.memoized(
+        'paired_evaluation', config, lambda: paired.build_paired_evaluation(
             task.reconstruction_model_fn, metrics_fn=task.metrics_fn,
             metric=task.report_metric), personalization=part)
-    rows = paired_evaluation.evaluate_pairs(
-        paired, u_a, v_a, u, personal, population_lib.eval_datasets(task, 'test', ids), ids,
+    rows = paired.evaluate_pairs(
+        computation, u_a, v_a, u, personal, population_lib.eval_datasets(task, 'test', ids), ids,
         progress=bar.update)
     rows.to_csv(os.path.join(self.eval_dir, f'{_slug(method)}_sentences.csv.gz'), index=False)
 

@@ -3,8 +3,8 @@
 
 import numpy as np
 
-from partial_personalization import groups as groups_lib
-from partial_personalization import progress as progress_lib
+from partial_personalization.algorithms import groups as groups_lib
+from partial_personalization.programs import progress as progress_lib
 
 
 _GROUPS_CACHE = {}

@@ -22,8 +22,8 @@ from typing import Optional
 
 import pandas as pd
 
-from partial_personalization import integrity
-from partial_personalization import partition as partition_lib
+from partial_personalization.models import partition as partition_lib
+from partial_personalization.state import integrity
 from runners import config_lib
 from runners import train_lib
 from tasks.stackoverflow import convert_lib

@@ -1,5 +1,5 @@
 """The per-client report of a finished run (`report/`), through the library's
-evaluation protocol (`evaluation_protocol`): the run's settings decide the
+evaluation protocol (`evaluation.protocol`): the run's settings decide the
 models compared, the clients and the computations; the protocol does the rest.
 """
 
@@ -10,11 +10,11 @@ from typing import Optional
 
 
 from partial_personalization import evaluation
-from partial_personalization import evaluation_protocol
-from partial_personalization import integrity
-from partial_personalization import personalized_process
-from partial_personalization import progress as progress_lib
-from partial_personalization import training_loop
+from partial_personalization.evaluation import protocol
+from partial_personalization.programs import progress as progress_lib
+from partial_personalization.programs import training_loop
+from partial_personalization.state import integrity
+from runners import algorithm_registry
 from runners import builders_lib
 from runners import config_lib
 from runners import population_lib
@@ -36,7 +36,7 @@ def _report_weights(config, task, evaluate, final_named, store, ids, bar):
   `--finetune_epochs` is the local finetuning baseline of
   `--finetune_personalization` (default: the whole model).
   """
-  if config.algorithm == 'fedavg':
+  if config.spec.personal == algorithm_registry.NOT_PERSONALIZED:
     part = config.finetune_personalization or 'full'
     task = config_lib.create_task(config, personalization=part)
     evaluate = builders_lib.memoized('evaluation', config,
@@ -62,11 +62,11 @@ def _report_weights(config, task, evaluate, final_named, store, ids, bar):
 
 
 def finetune_clients(finetune, task, config, u, personal, ids, *, progress=None) -> list:
-  """`evaluation_protocol.finetune_clients` on each client's train split
+  """`protocol.finetune_clients` on each client's train split
   (shuffle seeded by its position in `ids`)."""
   train_sets = [task.train_dataset(c, training_loop.dataset_seed(config.seed, 0, i))
                 for i, c in enumerate(ids)]
-  return evaluation_protocol.finetune_clients(finetune, u, personal, train_sets,
+  return protocol.finetune_clients(finetune, u, personal, train_sets,
                                               progress=progress)
 
 
@@ -78,13 +78,13 @@ def baseline_results(config, task, baseline_named, start_weights, splits, bar,
     splits: split name -> (client ids, evaluation datasets).
 
   Cached beside `--baseline_model` when it is a run directory
-  (`evaluation_protocol.BaselineCache`). `evaluate` is the run's own
+  (`protocol.BaselineCache`). `evaluate` is the run's own
   evaluation computation when it takes this task's (u, v); otherwise one is
   built, at most once, for the splits not cached.
   """
   cache_dir = config.baseline_model if config.baseline_model and os.path.isdir(
       config.baseline_model) else None
-  cache = evaluation_protocol.BaselineCache(cache_dir,
+  cache = protocol.BaselineCache(cache_dir,
                                             cache_dir and weights_lib.model_file(cache_dir))
   results, u = {}, None
   for split, (ids, sets) in splits.items():
@@ -112,7 +112,7 @@ def baseline_results(config, task, baseline_named, start_weights, splits, bar,
 def write_report(config, task, evaluate, final_named, store, start_weights, *,
                  personal_parameters: Optional[int] = None) -> dict:
   """Per-client test accuracy, personalized vs the non-personalized model,
-  in `<run_dir>/report/` (`evaluation_protocol.write_report`).
+  in `<run_dir>/report/` (`protocol.write_report`).
 
   The baseline is `--baseline_model` (e.g. FedAvg trained as long), else
   `start_weights`, the model the run started from (`--init_from`, else its
@@ -141,7 +141,7 @@ def write_report(config, task, evaluate, final_named, store, start_weights, *,
     pers_heldout = evaluation.evaluate_clients(
         evaluate, u, [by_id[c] for c in h_ids], h_sets, h_ids, metric, progress=bar.update)
     # Partial personalization evaluates (u, v) of this task: reuse its computation.
-    partial = config.algorithm in personalized_process.PARTIAL_ALGORITHMS
+    partial = config.algorithm in algorithm_registry.partial_algorithms()
     base = baseline_results(config, task, baseline_named, start_weights, {
         'test': (ids, test_sets), 'heldout': (h_ids, h_sets)}, bar,
         evaluate=evaluate if partial else None)
@@ -150,7 +150,7 @@ def write_report(config, task, evaluate, final_named, store, start_weights, *,
   if attack:  # Byzantine clients' own models do not count: score the honest ones.
     byzantine = attack.byzantine_clients(
         population_lib.in_group(task, config, sorted(task.train_data.client_ids)))
-  per_client, summary = evaluation_protocol.compare(
+  per_client, summary = protocol.compare(
       pers, base['test'], pers_heldout, base['heldout'], metric, byzantine=byzantine)
   per_client['train_examples'] = _train_sizes(task, list(per_client.index))
   committed = store.committed_round
@@ -158,7 +158,7 @@ def write_report(config, task, evaluate, final_named, store, start_weights, *,
   per_client['participated'] = per_client.participations > 0
   summary['clients_participated'] = int(per_client.participated.sum())
   summary['personal_parameters'] = personal_parameters
-  evaluation_protocol.write_report(os.path.join(config.run_dir, 'report'), per_client, summary)
+  protocol.write_report(os.path.join(config.run_dir, 'report'), per_client, summary)
   return summary
 
 

@@ -16,11 +16,12 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from partial_personalization import client_state
+from partial_personalization import algorithms
 from partial_personalization import evaluation
-from partial_personalization import partition
-from partial_personalization import personalized_process
-from partial_personalization import training_loop
+from partial_personalization.models import partition
+from partial_personalization.programs import round_runners
+from partial_personalization.programs import training_loop
+from partial_personalization.state import client_state
 
 
 def emnist_character_task(cache_dir: str, *, batch_size: int = 20, max_elements: int = 100
@@ -72,7 +73,7 @@ def train_fedalt(task: tff.simulation.baselines.BaselineTask,
     return partition.build_reconstruction_model(
         keras_model_fn(), personal_variables_fn, input_spec)
 
-  process = personalized_process.build_fedalt_process(
+  process = algorithms.build_fedalt_process(
       model_fn, loss_fn=loss_fn,
       metrics_fn=lambda: [tf.keras.metrics.SparseCategoricalAccuracy(name='accuracy')],
       client_optimizer=tff.learning.optimizers.build_sgdm(learning_rate),
@@ -89,7 +90,7 @@ def train_fedalt(task: tff.simulation.baselines.BaselineTask,
       return datasets.train_preprocess_fn(datasets.train_data.create_tf_dataset_for_client(
           client_id))
 
-    runner = training_loop.PersonalizedRunner(process, store, initial_shared=shared_init)
+    runner = round_runners.PersonalizedRunner(process, store, initial_shared=shared_init)
     result = training_loop.run_training(
         runner, run_dir=run_dir, store=store, client_ids=sorted(datasets.train_data.client_ids),
         make_dataset=make_dataset, total_rounds=total_rounds,

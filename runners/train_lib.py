@@ -17,12 +17,14 @@ import os
 from absl import logging
 import numpy as np
 
-from partial_personalization import client_state
 from partial_personalization import evaluation
-from partial_personalization import integrity
-from partial_personalization import partition as partition_lib
-from partial_personalization import run_lock
-from partial_personalization import training_loop
+from partial_personalization.models import partition as partition_lib
+from partial_personalization.programs import round_runners
+from partial_personalization.programs import training_loop
+from partial_personalization.state import client_state
+from partial_personalization.state import integrity
+from partial_personalization.state import run_lock
+from runners import algorithm_registry
 from runners import builders_lib
 from runners import config_lib
 from runners import population_lib
@@ -59,7 +61,7 @@ def train(config: config_lib.TrainConfig, *, on_eval=None) -> dict:
     config_lib.check_flags(config)
     named_init = weights_lib.initial_named_weights(task, config)
     shared_init, initial_personal = task.partition.split(named_init)
-    if config_lib.is_full_personalization(config):
+    if config.spec.whole_model:
       initial_personal = shared_init  # v_0 is the whole start model.
     store = client_state.ClientStateStore(
         os.path.join(config.run_dir, 'client_state.sqlite'), initial_personal)
@@ -84,7 +86,7 @@ def _train(config, task, train_ids, named_init, store, on_eval) -> dict:
   logging.info('%s/%s: %d shared and %d personal parameters',
                config.algorithm, config.personalization, shared_n, personal_n)
 
-  if isinstance(runner, training_loop.PersonalizedRunner):
+  if isinstance(runner, round_runners.PersonalizedRunner):
     evaluate = runner.process.evaluate  # Built with the process; no second trace.
   else:
     evaluate = builders_lib.memoized('evaluation', config,
@@ -121,10 +123,11 @@ def _train(config, task, train_ids, named_init, store, on_eval) -> dict:
   final_shared = runner.global_weights(result.state)
   # Full personalization: u is the whole model ('none'), store.initial a copy.
   final_named = task.partition.merge(
-      final_shared, None if config_lib.is_full_personalization(config) else store.initial)
+      final_shared, None if config.spec.whole_model else store.initial)
   partition_lib.save_named_weights(os.path.join(config.run_dir, 'model.npz'), final_named)
   summary = None
-  if config.report and (config.algorithm != 'fedavg' or config.finetune_epochs):
+  personalized = config.spec.personal != algorithm_registry.NOT_PERSONALIZED
+  if config.report and (personalized or config.finetune_epochs):
     key = report_lib.report_key(config, store)
     summary = report_lib.cached_summary(config, key)
     if summary is None:

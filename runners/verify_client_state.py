@@ -3,7 +3,7 @@
   bazel run //runners:verify_client_state -- --run_dir=output/train/my_run
 
 Training opens a store with a bounded check and verifies each row it reads
-(partial_personalization/client_state.py); this reads the whole file, e.g.
+(partial_personalization/state/client_state.py); this reads the whole file, e.g.
 after a disk fault or before archiving a run. Exit 0 and the rows checked, or
 one line naming the problem (exit 2); nothing is changed either way.
 """
@@ -15,10 +15,10 @@ import time
 from absl import app
 from absl import flags
 
-from partial_personalization import client_state
+from partial_personalization.state import client_state
 # Imported for its exit hook: TFF's default context, made when TFF is imported,
 # otherwise fails noisily in its destructor at interpreter exit.
-from partial_personalization import runtime  # pylint: disable=unused-import
+from partial_personalization.execution import runtime  # pylint: disable=unused-import
 from runners import paths
 
 _RUN_DIR = flags.DEFINE_string('run_dir', None, 'A run directory (holding client_state.sqlite), '

@@ -8,7 +8,7 @@ import os
 
 from absl import logging
 
-from partial_personalization import partition as partition_lib
+from partial_personalization.models import partition as partition_lib
 
 
 def model_file(path: str) -> str:

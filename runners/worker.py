@@ -19,7 +19,7 @@ import sys
 from absl import app
 from absl import flags
 
-from partial_personalization import worker_config
+from partial_personalization.execution import worker_config
 
 _PORT = flags.DEFINE_integer('port', 8000, 'gRPC port to serve on.')
 _MAX_CALLS = flags.DEFINE_integer(

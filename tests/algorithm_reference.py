@@ -10,7 +10,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from partial_personalization import personalized_process
+from partial_personalization import algorithms
 import testing_models as tm
 
 LR, PERSONAL_LR = 0.1, 0.05
@@ -59,8 +59,8 @@ def reference_round(u, vs, *, server_lr=1.0, uniform=False, **kwargs):
 
 def build_process(algorithm, tau_u=1, tau_v=1, local_unit='epochs', server_lr=1.0,
              weighting=tff.learning.ClientWeighting.NUM_EXAMPLES):
-  passes = dict(tau_u=tau_u, tau_v=tau_v) if algorithm == 'fedalt' else dict(tau=tau_u)
-  return personalized_process.BUILDERS[algorithm](
+  passes = dict(tau_u=tau_u, tau_v=tau_v) if algorithm == 'fedalt' else dict(tau_u=tau_u)
+  return getattr(algorithms, f'build_{algorithm}_process')(
       tm.model_fn, loss_fn=tf.keras.losses.MeanSquaredError,
       client_optimizer=tff.learning.optimizers.build_sgdm(LR),
       personal_optimizer=tff.learning.optimizers.build_sgdm(PERSONAL_LR),
@@ -75,12 +75,12 @@ GAMMA, ALPHA = 0.3, 0.05  # Server step size, fine-tuning step size (client LR: 
 
 
 def build_ffgg(tau_v=2, local_steps=1, **kwargs):
-  return personalized_process.build_ffgg_process(
+  return algorithms.build_ffgg_process(
       tm.model_fn, loss_fn=tf.keras.losses.MeanSquaredError,
       client_optimizer=tff.learning.optimizers.build_sgdm(LR),
       personal_optimizer=tff.learning.optimizers.build_sgdm(ALPHA),
       server_optimizer=tff.learning.optimizers.build_sgdm(GAMMA),
-      finetune_steps=tau_v, local_steps=local_steps,
+      tau_v=tau_v, local_steps=local_steps,
       client_weighting=tff.learning.ClientWeighting.NUM_EXAMPLES, **kwargs)
 
 

@@ -46,5 +46,5 @@ def two_sites_cache_dir(tmp_path_factory) -> str:
 @pytest.fixture(scope='session', autouse=True)
 def _tff_shutdown():
   yield
-  from partial_personalization import runtime
+  from partial_personalization.execution import runtime
   runtime.shutdown_tff_runtime()

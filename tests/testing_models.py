@@ -11,7 +11,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from partial_personalization import partition as partition_lib
+from partial_personalization.models import partition as partition_lib
 
 INPUT_SPEC = (tf.TensorSpec([None, 1], tf.float32), tf.TensorSpec([None, 1], tf.float32))
 

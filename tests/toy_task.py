@@ -12,7 +12,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from partial_personalization import task as task_lib
+from partial_personalization.models import task as task_lib
 from tasks import registry
 
 INPUT_SPEC = (tf.TensorSpec([None, 2], tf.float32), tf.TensorSpec([None], tf.int32))

@@ -25,7 +25,7 @@ from typing import Iterator
 import numpy as np
 import tensorflow as tf
 
-from partial_personalization import progress as progress_lib
+from partial_personalization.programs import progress as progress_lib
 
 DATABASE_FILENAME = 'emnist_all.sqlite'
 NUM_PIXELS = 28 * 28

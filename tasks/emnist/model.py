@@ -16,7 +16,7 @@ import math
 
 import tensorflow as tf
 
-from partial_personalization import partition as partition_lib
+from partial_personalization.models import partition as partition_lib
 from tasks.vision import resnet
 
 INPUT_SHAPE = (28, 28, 1)

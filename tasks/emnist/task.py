@@ -14,7 +14,7 @@ import os
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from partial_personalization import task as task_lib
+from partial_personalization.models import task as task_lib
 from tasks.emnist import convert_lib
 from tasks.emnist import model as model_lib
 from tasks.vision import classification

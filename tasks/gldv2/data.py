@@ -17,7 +17,7 @@ import os
 
 import tensorflow_federated as tff
 # TFF's parser of its GLDv2 TFRecords; not exported under tff.simulation.
-from partial_personalization.tff_compat import vision_datasets_utils
+from partial_personalization.execution.tff_compat import vision_datasets_utils
 
 gldv2 = tff.simulation.datasets.gldv2
 VARIANTS = {'gld23k': gldv2.MINI_GLD_CACHE, 'gld160k': gldv2.FED_GLD_CACHE}

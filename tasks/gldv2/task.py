@@ -18,8 +18,8 @@ TFF landmark baseline; no adapters).
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from partial_personalization import partition as partition_lib
-from partial_personalization import task as task_lib
+from partial_personalization.models import partition as partition_lib
+from partial_personalization.models import task as task_lib
 from tasks.gldv2 import data as data_lib
 from tasks.vision import classification
 from tasks.vision import resnet

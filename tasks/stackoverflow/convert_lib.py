@@ -37,7 +37,7 @@ Parsing streams each file through an XML pull parser in 1 MiB chunks, one
 memory is bounded by the largest row, and examples are staged in the output
 SQLite file. Question titles and tags (for answers) and the word counts go to
 a scratch SQLite file beside it, so memory stays flat whatever the dump's size
-(measured by `bazel run //runners:benchmark -- --converter`).
+(measured by `bazel run //benchmarks:benchmark -- --converter`).
 Rows missing a required attribute (or with a non-integer one) are counted as
 malformed and reported; a file that is not well-formed XML, not UTF-8, not a
 Posts.xml dump or cut before `</posts>` raises `MalformedDumpError` naming the
@@ -59,8 +59,8 @@ from typing import Iterator, Optional, Sequence
 
 import tensorflow as tf
 
-from partial_personalization import integrity
-from partial_personalization import run_lock
+from partial_personalization.state import integrity
+from partial_personalization.state import run_lock
 from tasks.stackoverflow import tokenizer
 
 DATABASE_FILENAME = 'stackoverflow.sqlite'

@@ -20,7 +20,7 @@ import dataclasses
 
 import tensorflow as tf
 
-from partial_personalization import partition as partition_lib
+from partial_personalization.models import partition as partition_lib
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,7 +15,7 @@ import os
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from partial_personalization import task as task_lib
+from partial_personalization.models import task as task_lib
 from tasks.stackoverflow import convert_lib
 from tasks.stackoverflow import model as model_lib
 from tasks.stackoverflow import token_cache

@@ -33,7 +33,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from partial_personalization import integrity
+from partial_personalization.state import integrity
 from tasks.stackoverflow import convert_lib
 
 CACHE_FILENAME = 'stackoverflow.tokens.npz'

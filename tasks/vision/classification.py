@@ -11,8 +11,8 @@ from typing import Callable
 
 import tensorflow as tf
 
-from partial_personalization import partition as partition_lib
-from partial_personalization import task as task_lib
+from partial_personalization.models import partition as partition_lib
+from partial_personalization.models import task as task_lib
 
 
 def create_classification_task(

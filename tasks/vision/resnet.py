@@ -24,7 +24,7 @@ from typing import Sequence
 
 import tensorflow as tf
 
-from partial_personalization import partition as partition_lib
+from partial_personalization.models import partition as partition_lib
 
 STAGE_WIDTHS = (64, 128, 256, 512)
 BLOCKS_PER_STAGE = (2, 2, 2, 2)

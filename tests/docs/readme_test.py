@@ -54,7 +54,7 @@ TINY = {
         '--global_rounds=1 --group_rounds=1 --local_rounds=1 --clients_per_round=2 '
         '--max_examples_per_client=8 --report_clients=4 --progress=false '
         '--min_group_clients=12 --equal_budget_control=false'),
-    '//runners:benchmark': (
+    '//benchmarks:benchmark': (
         '--model_sizes=tiny --clients_per_round=2 --rounds=1 --warmup_rounds=0 '
         '--executors=local --algorithms=fedavg --max_examples_per_client=8 --eval_clients=2'),
     '//runners:tff_baseline': '--rounds=1 --clients_per_round=2',

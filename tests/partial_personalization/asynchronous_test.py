@@ -9,11 +9,11 @@ import pytest
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from partial_personalization import asynchronous
-from partial_personalization import client_state
-from partial_personalization import client_work
-from partial_personalization import personalized_process
-from partial_personalization import training_loop
+from partial_personalization import algorithms
+from partial_personalization.programs import asynchronous
+from partial_personalization.programs import training_loop
+from partial_personalization.state import client_state
+from partial_personalization.templates import client_work
 import testing_models as tm
 
 CLIENTS = {'a': ([1.0, 2.0, -1.0], [2.0, 1.0, 0.5]), 'b': ([0.5, -1.0], [1.0, 0.0])}
@@ -87,7 +87,7 @@ def test_delay_adaptive_scales_stale_updates():
 
 def test_async_fedalt_through_the_training_loop(tmp_path):
   """A real TFF process: resumable rounds, staleness metrics, v_i written on arrival."""
-  process = personalized_process.build_fedalt_process(
+  process = algorithms.build_fedalt_process(
       tm.model_fn, loss_fn=tf.keras.losses.MeanSquaredError,
       client_optimizer=tff.learning.optimizers.build_sgdm(LR))
   data = {c: tm.dataset(xs, ys) for c, (xs, ys) in {**CLIENTS, 'c': ([1.0], [3.0])}.items()}

@@ -10,9 +10,8 @@ import sys
 import numpy as np
 import pytest
 
-from partial_personalization import byzantine
-from partial_personalization import client_state
-from partial_personalization import training_loop
+from partial_personalization.programs import byzantine
+from partial_personalization.state import client_state
 import algorithm_reference as ref
 import testing_models as tm
 
@@ -31,8 +30,7 @@ def test_byzantine_clients_send_the_attack_and_robust_aggregation_resists(ffgg, 
   byz = attack.byzantine_clients(ids)
   assert len(byz) == 1
   store = client_state.ClientStateStore(str(tmp_path / 's.sqlite'), tm.weights(0.0))
-  runner = training_loop.PersonalizedRunner(ffgg, store, attack=attack,
-                                            byzantine_ids=frozenset(byz))
+  runner = byzantine.ByzantineRunner(ffgg, store, attack=attack, byzantine_ids=frozenset(byz))
   state = ffgg.set_model_weights(ffgg.initialize(), tm.weights(0.2))
   honest_out = ffgg.client_step(state, [tm.weights(0.0)] * 2, _datasets())
   g = {c: float(np.ravel(o.shared_update[0])[0]) for c, o in zip(ids, honest_out)}

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow_federated as tff
 
-from partial_personalization import client_state
+from partial_personalization.state import client_state
 
 MW = tff.learning.models.ModelWeights
 

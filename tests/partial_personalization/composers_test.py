@@ -12,8 +12,9 @@ import pytest
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from partial_personalization import client_work
-from partial_personalization import personalized_process
+from partial_personalization import algorithms
+from partial_personalization.templates import client_work
+from partial_personalization.templates import composers
 import testing_models as tm
 
 LR = 0.1
@@ -40,13 +41,13 @@ def _zeros_distributor(shared_type):
 
 
 def _build(**parts):
-  return personalized_process.build_fedalt_process(
+  return algorithms.build_fedalt_process(
       tm.model_fn, loss_fn=tf.keras.losses.MeanSquaredError,
       client_optimizer=tff.learning.optimizers.build_sgdm(LR), tau_v=0, **parts)
 
 
 def test_injected_distributor_is_what_clients_see():
-  shared_type, _, _ = personalized_process.model_types(tm.model_fn)
+  shared_type, _, _ = composers.model_types(tm.model_fn)
   process = _build(distributor=_zeros_distributor(shared_type))
   state = process.set_model_weights(process.initialize(), tm.weights(5.0))
   x, y = 2.0, 1.0
@@ -80,7 +81,7 @@ def test_injected_metrics_aggregator_reports_the_round():
 
 
 def test_parts_that_do_not_fit_are_named():
-  shared_type, _, _ = personalized_process.model_types(tm.model_fn)
+  shared_type, _, _ = composers.model_types(tm.model_fn)
   bad_aggregator = tff.aggregators.MeanFactory()  # Built for u and v together:
   two_scalars = tff.types.to_type([(np.float32, (1, 1)), (np.float32, (1, 1))])
 

@@ -20,14 +20,15 @@ import pytest
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from partial_personalization import accelerated_context
-from partial_personalization import client_state
-from partial_personalization import partition as partition_lib
-from partial_personalization import personalized_process
-from partial_personalization import robust_aggregators
-from partial_personalization import remote_context
-from partial_personalization import runtime
-from partial_personalization import training_loop
+from partial_personalization import algorithms
+from partial_personalization.execution import accelerated_context
+from partial_personalization.execution import remote_context
+from partial_personalization.execution import runtime
+from partial_personalization.models import partition as partition_lib
+from partial_personalization.programs import round_runners
+from partial_personalization.programs import training_loop
+from partial_personalization.state import client_state
+from partial_personalization.templates import robust_aggregators
 
 pytestmark = pytest.mark.slow  # starts TFF workers and runs every executor
 
@@ -85,12 +86,12 @@ def processes():
   built = {'fedavg': tff.learning.algorithms.build_weighted_fed_avg(
       variable_model_fn, client_optimizer_fn=sgd(0.1), server_optimizer_fn=sgd(1.0))}
   for algorithm in ('fedalt', 'fedsim'):
-    built[algorithm] = personalized_process.BUILDERS[algorithm](
+    built[algorithm] = getattr(algorithms, f'build_{algorithm}_process')(
         reconstruction_model_fn, loss_fn=loss_fn,
         metrics_fn=lambda: [tf.keras.metrics.SparseCategoricalAccuracy()],
         client_optimizer=sgd(0.1), personal_optimizer=sgd(0.05))
   # FFGG with a robust aggregator: its [?, P] accumulator on every executor.
-  built['ffgg_median'] = personalized_process.build_ffgg_process(
+  built['ffgg_median'] = algorithms.build_ffgg_process(
       reconstruction_model_fn, loss_fn=loss_fn, client_optimizer=sgd(0.1),
       server_optimizer=sgd(1.0), client_weighting=tff.learning.ClientWeighting.NUM_EXAMPLES,
       personal_optimizer=sgd(0.05),
@@ -126,15 +127,15 @@ def run_rounds(process, executor: runtime.ExecutorConfig, tmp_path):
   (u per round, metrics per round, final v_i)."""
   runtime.set_executor(executor)
   try:
-    initial_v = personalized_process.ModelWeights(
+    initial_v = tff.learning.models.ModelWeights(
         [np.zeros([8, 3], np.float32), np.zeros([3], np.float32)], [])
-    if isinstance(process, personalized_process.PersonalizedProcess):
+    if isinstance(process, algorithms.PersonalizedProcess):
       store = client_state.ClientStateStore(
           str(tmp_path / f'{executor.executor}.sqlite'), initial_v)
-      runner = training_loop.PersonalizedRunner(process, store,
+      runner = round_runners.PersonalizedRunner(process, store,
                                                 split_rounds=runtime.splits_rounds())
     else:
-      store, runner = None, training_loop.FedAvgRunner(process)
+      store, runner = None, round_runners.FedAvgRunner(process)
     ids = [f'c{i}' for i in range(NUM_CLIENTS)]
     state = runner.initialize()
     weights, metrics = [], []
@@ -200,7 +201,7 @@ def test_accelerated_spreads_clients_over_devices(processes):
   try:
     p = processes['fedalt']
     state = p.initialize()
-    v = [personalized_process.ModelWeights(
+    v = [tff.learning.models.ModelWeights(
         [np.zeros([8, 3], np.float32), np.zeros([3], np.float32)], [])] * NUM_CLIENTS
     p.next(state, v, client_datasets(1))
   finally:
@@ -232,9 +233,9 @@ def test_remote_returns_clients_in_order(processes, workers):
   sets = [tf.data.Dataset.from_tensor_slices(
       (rng.normal(size=(n, 4)).astype(np.float32), np.zeros(n, np.int32))).batch(4)
           for n in sizes]
-  u = personalized_process.ModelWeights(
+  u = tff.learning.models.ModelWeights(
       [np.ones([4, 8], np.float32), np.zeros([8], np.float32)], [])
-  v = [personalized_process.ModelWeights(
+  v = [tff.learning.models.ModelWeights(
       [np.ones([8, 3], np.float32), np.zeros([3], np.float32)], [])] * len(sizes)
   runtime.set_executor(runtime.ExecutorConfig('remote', workers=tuple(workers)))
   try:
@@ -275,8 +276,8 @@ import sys
 sys.path.insert(0, {repo!r})
 import tensorflow as tf
 import tensorflow_federated as tff
+from partial_personalization.execution import runtime
 from runners import flags_lib
-from partial_personalization import runtime
 
 @tff.tensorflow.computation
 def spin():
@@ -340,8 +341,10 @@ _DROP_CONTEXT = '''
 import gc, signal, sys
 sys.path.insert(0, {repo!r})
 import tensorflow_federated as tff
-from partial_personalization.tff_compat import runtime_error_context
-from partial_personalization import runtime
+from partial_personalization import algorithms
+from partial_personalization.execution import runtime
+from partial_personalization.execution.tff_compat import runtime_error_context
+from partial_personalization.programs import round_runners
 
 assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN  # As a background job's.
 runtime.set_executor(runtime.ExecutorConfig('local'))  # Starts the worker.

@@ -12,8 +12,8 @@ import pytest
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from partial_personalization import partition as partition_lib
-from partial_personalization import personalized_process
+from partial_personalization import algorithms
+from partial_personalization.models import partition as partition_lib
 import testing_models as tm
 
 LR, PERSONAL_LR, LAMBDA, K = 0.1, 0.05, 0.5, 3
@@ -61,7 +61,7 @@ def pfedme_reference(u, xs, ys):
 @pytest.fixture(scope='module', params=['ditto', 'pfedme'])
 def process(request):
   own = {'ditto': {}, 'pfedme': dict(inner_steps=K)}[request.param]
-  return request.param, personalized_process.BUILDERS[request.param](
+  return request.param, getattr(algorithms, f'build_{request.param}_process')(
       _model_fn, loss_fn=tf.keras.losses.MeanSquaredError,
       client_optimizer=tff.learning.optimizers.build_sgdm(LR),
       personal_optimizer=tff.learning.optimizers.build_sgdm(PERSONAL_LR),
@@ -103,7 +103,7 @@ def test_evaluation_uses_the_personal_model_alone(process):
 
 def test_full_algorithms_refuse_personal_variables():
   with pytest.raises(ValueError, match='none'):
-    personalized_process.build_ditto_process(
+    algorithms.build_ditto_process(
         tm.model_fn, loss_fn=tf.keras.losses.MeanSquaredError,
         client_optimizer=tff.learning.optimizers.build_sgdm(LR))
 

@@ -7,11 +7,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from partial_personalization import groups as groups_lib
-from partial_personalization import partition as partition_lib
-from partial_personalization import training_loop
-from runners import group_lib
+from partial_personalization.algorithms import groups as groups_lib
+from partial_personalization.models import partition as partition_lib
+from partial_personalization.programs import training_loop
 from runners import config_lib
+from runners import group_lib
 from runners import train_lib
 from tasks.stackoverflow import convert_lib
 import conftest

@@ -1,10 +1,10 @@
-"""Clipped and scheduled optimizers (partial_personalization/optimizers.py)."""
+"""Clipped and scheduled optimizers (partial_personalization/templates/optimizers.py)."""
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from partial_personalization import optimizers
+from partial_personalization.templates import optimizers
 
 
 def _steps(optimizer, gradients, n=1):

@@ -8,9 +8,8 @@ import pandas as pd
 import pytest
 
 from partial_personalization import evaluation
-from partial_personalization import intervals
-from partial_personalization import paired_evaluation
-from partial_personalization import personalized_process
+from partial_personalization.evaluation import intervals
+from partial_personalization.evaluation import paired
 from tasks.stackoverflow import task as so_task
 
 
@@ -33,10 +32,10 @@ def test_sentences_add_up_to_the_tasks_evaluation_of_both_models(two_sites_cache
     named['decoder/bias:0'][word] += 100.0
     models.append(task.partition.split(named))
   (u_a, v_a), (u_b, v_b) = models
-  paired = paired_evaluation.build_paired_evaluation(
+  computation = paired.build_paired_evaluation(
       task.reconstruction_model_fn, metrics_fn=task.metrics_fn, metric='accuracy')
-  rows = paired_evaluation.evaluate_pairs(paired, u_a, [v_a] * 3, u_b, [v_b] * 3, datasets, ids)
-  evaluate = personalized_process.build_personalized_evaluation(
+  rows = paired.evaluate_pairs(computation, u_a, [v_a] * 3, u_b, [v_b] * 3, datasets, ids)
+  evaluate = evaluation.build_personalized_evaluation(
       task.reconstruction_model_fn, loss_fn=task.evaluation_loss_fn, metrics_fn=task.metrics_fn)
   a = evaluation.evaluate_clients(evaluate, u_a, [v_a] * 3, datasets, ids, 'accuracy')
   b = evaluation.evaluate_clients(evaluate, u_b, [v_b] * 3, datasets, ids, 'accuracy')
@@ -48,7 +47,7 @@ def test_sentences_add_up_to_the_tasks_evaluation_of_both_models(two_sites_cache
   assert rows.groupby('client_id').size().loc[ids].tolist() == sentences
   assert (rows.a > 0).any() and (rows.a != rows.b).any()  # Scored separately.
   with pytest.raises(ValueError, match="`metric`='perplexity' is not one of"):
-    paired_evaluation.build_paired_evaluation(
+    paired.build_paired_evaluation(
         task.reconstruction_model_fn, metrics_fn=task.metrics_fn, metric='perplexity')
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from partial_personalization import partition as partition_lib
+from partial_personalization.models import partition as partition_lib
 from tasks.stackoverflow import model as model_lib
 
 

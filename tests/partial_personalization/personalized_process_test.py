@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from partial_personalization import personalized_process
+from partial_personalization import algorithms
 import algorithm_reference as ref
 import testing_models as tm
 
@@ -46,8 +46,8 @@ def test_two_rounds_match_reference(algorithm, tau_u, tau_v, unit, server_lr, un
 @pytest.mark.parametrize('algorithm', ['fedalt', 'fedsim'])
 def test_builders_take_only_their_own_hyperparameters(algorithm):
   opt = tff.learning.optimizers.build_sgdm
-  builder = personalized_process.BUILDERS[algorithm]
-  taus = dict(tau_u=2, tau_v=3) if algorithm == 'fedalt' else dict(tau=2)
+  builder = getattr(algorithms, f'build_{algorithm}_process')
+  taus = dict(tau_u=2, tau_v=3) if algorithm == 'fedalt' else dict(tau_u=2)
   process = builder(tm.model_fn, loss_fn=tf.keras.losses.MeanSquaredError,
                     client_optimizer=opt(ref.LR), personal_optimizer=opt(ref.PERSONAL_LR), **taus)
   state = process.set_model_weights(process.initialize(), tm.weights(0.3))
@@ -71,7 +71,7 @@ def _shuffled(seed):
 def test_fedalt_passes_draw_their_shuffles_in_order():
   """Each pass over a shuffled client dataset reshuffles; the v pass must see
   the first shuffle and the u pass the second, on every run (iterator
-  creation is otherwise unordered in a graph, see client_work.batches_after)."""
+  creation is otherwise unordered in a graph, see local_training.batches_after)."""
   process = ref.build_process('fedalt')
   u0, v0 = 0.3, 0.25
   # Eager reference: passes over one fresh dataset draw the shuffles in order.
@@ -117,7 +117,7 @@ def test_evaluation_is_per_client_and_does_not_train():
 
 def test_bad_arguments_are_named():
   with pytest.raises(TypeError, match='tau_v'):  # A hyperparameter FedSim does not have.
-    personalized_process.build_fedsim_process(
+    algorithms.build_fedsim_process(
         tm.model_fn, loss_fn=tf.keras.losses.MeanSquaredError,
         client_optimizer=tff.learning.optimizers.build_sgdm(ref.LR), tau_v=2)
   with pytest.raises(ValueError, match='local_unit'):
@@ -125,7 +125,7 @@ def test_bad_arguments_are_named():
   with pytest.raises(ValueError, match='client_weighting'):
     ref.build_process('fedalt', weighting='uniform')  # The enum, not its name.
   with pytest.raises(ValueError, match='nothing to federate'):
-    personalized_process.build_fedalt_process(
+    algorithms.build_fedalt_process(
         lambda: tm.partition_lib.build_reconstruction_model(
             tm.keras_model_fn(), lambda m: m.variables, tm.INPUT_SPEC),
         loss_fn=tf.keras.losses.MeanSquaredError,

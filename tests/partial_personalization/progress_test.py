@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from partial_personalization import progress
+from partial_personalization.programs import progress
 
 
 def test_a_bar_to_a_file_writes_whole_lines():

@@ -5,8 +5,8 @@ import pytest
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from partial_personalization import personalized_process
-from partial_personalization import robust_aggregators as ra
+from partial_personalization import algorithms
+from partial_personalization.templates import robust_aggregators as ra
 import testing_models as tm
 
 # Two tensors per update, four clients; the last client is an outlier.
@@ -128,7 +128,7 @@ def test_plugs_into_tff_fedavg_and_our_processes():
   np.testing.assert_allclose(
       np.concatenate([np.ravel(w) for w in fedavg.get_model_weights(state).trainable]),
       [0.4, 0.4], rtol=1e-5)  # median of (0.2, 0.4, 6.0)
-  process = personalized_process.build_fedsim_process(
+  process = algorithms.build_fedsim_process(
       tm.model_fn, loss_fn=tf.keras.losses.MeanSquaredError,
       client_optimizer=tff.learning.optimizers.build_sgdm(0.1), model_aggregator=factory)
   state, _, _ = process.next(process.initialize(), [tm.weights(0.0)] * 3, data)

@@ -13,8 +13,8 @@ import pytest
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from partial_personalization import client_state
-from partial_personalization import training_loop
+from partial_personalization.programs import round_runners
+from partial_personalization.state import client_state
 import algorithm_reference as ref
 import testing_models as tm
 
@@ -28,7 +28,7 @@ def _datasets():
 def test_stateless_runner_restarts_from_v0_and_stores_nothing(tmp_path):
   process = ref.build_process('fedalt', tau_u=2, tau_v=3)
   store = client_state.ClientStateStore(str(tmp_path / 'state.sqlite'), tm.weights(V0))
-  runner = training_loop.PersonalizedRunner(process, store, initial_shared=tm.weights(0.3),
+  runner = round_runners.PersonalizedRunner(process, store, initial_shared=tm.weights(0.3),
                                             stateless=True)
   state = runner.initialize()
   ids = list(ref.CLIENTS)
@@ -47,7 +47,7 @@ def test_stateful_runner_differs(tmp_path):
   # The same two rounds with persisted v_i give another u (the test above can fail).
   process = ref.build_process('fedalt', tau_u=2, tau_v=3)
   store = client_state.ClientStateStore(str(tmp_path / 'state.sqlite'), tm.weights(V0))
-  runner = training_loop.PersonalizedRunner(process, store, initial_shared=tm.weights(0.3))
+  runner = round_runners.PersonalizedRunner(process, store, initial_shared=tm.weights(0.3))
   state = runner.initialize()
   for round_num in (1, 2):
     state, _ = runner.run_round(state, round_num, list(ref.CLIENTS), _datasets())

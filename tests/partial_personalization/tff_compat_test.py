@@ -8,7 +8,7 @@ import sys
 import pytest
 import tensorflow_federated as tff
 
-from partial_personalization import tff_compat
+from partial_personalization.execution import tff_compat
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__))))
 

@@ -15,10 +15,11 @@ import pytest
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from partial_personalization import client_state
-from partial_personalization import personalized_process
-from partial_personalization import run_lock
-from partial_personalization import training_loop
+from partial_personalization import algorithms
+from partial_personalization.programs import round_runners
+from partial_personalization.programs import training_loop
+from partial_personalization.state import client_state
+from partial_personalization.state import run_lock
 import testing_models as tm
 
 ROUNDS = 4
@@ -28,7 +29,7 @@ CLIENTS = {f'c{i}': ([0.5 * i, 1.0, -1.0, 2.0][: 2 + i % 3], [1.0, 0.5 * i, 2.0,
 
 @pytest.fixture(scope='module')
 def process():
-  return personalized_process.build_fedalt_process(
+  return algorithms.build_fedalt_process(
       tm.model_fn, loss_fn=tf.keras.losses.MeanSquaredError,
       client_optimizer=tff.learning.optimizers.build_sgdm(0.05))
 
@@ -36,7 +37,7 @@ def process():
 def _run(process, run_dir, total_rounds=ROUNDS, **kwargs):
   data = tm.client_data(CLIENTS)
   store = client_state.ClientStateStore(os.path.join(run_dir, 'client_state.sqlite'), tm.weights(0.0))
-  runner = training_loop.PersonalizedRunner(process, store)
+  runner = round_runners.PersonalizedRunner(process, store)
   result = training_loop.run_training(
       runner, run_dir=run_dir, store=store, client_ids=sorted(CLIENTS),
       # The shuffle seed matters: each round sees the client's data in a new order.
@@ -119,7 +120,7 @@ def test_missing_committed_checkpoint_is_an_error_and_keeps_state(process, tmp_p
 
 def test_a_second_writer_is_refused_with_the_holders_pid(process, two_rounds):
   holder = subprocess.Popen(
-      [sys.executable, '-c', 'import sys, time; from partial_personalization import run_lock\n'
+      [sys.executable, '-c', 'import sys, time; from partial_personalization.state import run_lock\n'
        'with run_lock.exclusive(sys.argv[1]):\n  print("held", flush=True); time.sleep(60)',
        two_rounds], stdout=subprocess.PIPE, text=True)
   try:
@@ -182,7 +183,7 @@ def test_corrupt_personal_weights_name_the_client(two_rounds):
 
 
 def test_non_finite_round_is_not_committed(two_rounds):
-  bad = personalized_process.build_fedalt_process(
+  bad = algorithms.build_fedalt_process(
       tm.model_fn, loss_fn=tf.keras.losses.MeanSquaredError,
       client_optimizer=tff.learning.optimizers.build_sgdm(float('nan')))
   with pytest.raises(training_loop.NonFiniteError, match='round 3: clients'):
@@ -254,9 +255,9 @@ def test_balanced_sampling_gives_every_client_its_share_of_rounds():
 def test_fedavg_metrics_take_the_names_of_ours():
   fedavg = {'client_work': {'train': {'loss': 2.0, 'accuracy': 0.1}}, 'aggregator': {}}
   ours = {'client_work': {'loss': 2.0, 'accuracy': 0.1}, 'aggregator': {}}
-  assert training_loop.flatten_metrics(training_loop.one_naming(fedavg)) == \
+  assert training_loop.flatten_metrics(round_runners.one_naming(fedavg)) == \
       training_loop.flatten_metrics(ours) == {'client_work/loss': 2.0, 'client_work/accuracy': 0.1}
-  assert training_loop.one_naming(ours) == ours
+  assert round_runners.one_naming(ours) == ours
 
 
 if __name__ == '__main__':

@@ -56,7 +56,7 @@ def test_usage_errors_are_one_line_exit_2(binary, args, message):
 def test_verify_client_state_checks_a_whole_store_and_names_a_corrupt_row(tmp_path):
   import sqlite3  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from partial_personalization import client_state  # pylint: disable=g-import-not-at-top
+  from partial_personalization.state import client_state  # pylint: disable=g-import-not-at-top
   run_dir = tmp_path / 'run'
   weights = client_state.ModelWeights([np.zeros([3], np.float32)], [])
   store = client_state.ClientStateStore(str(run_dir / 'client_state.sqlite'), weights)

@@ -8,9 +8,9 @@ import sys
 import pandas as pd
 import pytest
 
-from partial_personalization import training_loop
-from runners import grid_lib
+from partial_personalization.programs import training_loop
 from runners import config_lib
+from runners import grid_lib
 from runners import train_lib
 import conftest
 

@@ -7,7 +7,7 @@ import sys
 from absl import flags
 import pytest
 
-from partial_personalization import runtime
+from partial_personalization.execution import runtime
 from runners import flags_lib
 
 

@@ -48,7 +48,7 @@ def test_cells_missing_from_a_seed_are_left_out():
 
 
 def test_ffgg_regime_cells_use_equal_gradient_evaluations():
-  cells = {c.name: c for c in grid_lib.ffgg_cells(ffgg_finetune_steps=7)}
+  cells = {c.name: c for c in grid_lib.ffgg_cells(ffgg_tau_v=7)}
   ffgg, fedalt = cells['ffgg_tau7_uniform'].overrides, cells['fedalt_tau7'].overrides
   # Passes over the client's data: FFGG's K fine-tuning steps and one gradient
   # of u; FedAlt's tau_v epochs on v and tau_u on u.

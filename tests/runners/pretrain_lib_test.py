@@ -8,7 +8,7 @@ import sys
 import pytest
 
 import conftest
-from partial_personalization import integrity
+from partial_personalization.state import integrity
 from runners import pretrain_lib
 from tasks.stackoverflow import convert_lib
 

@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from partial_personalization import client_state
-from partial_personalization import integrity
-from partial_personalization import partition as partition_lib
+from partial_personalization.models import partition as partition_lib
+from partial_personalization.state import client_state
+from partial_personalization.state import integrity
 from runners import builders_lib
 from runners import config_lib
 from runners import report_lib

@@ -1,12 +1,11 @@
 """docs/design.md's recipes, walked through: a toy task (`toy_task`, a module
 and its registry line) and a toy algorithm (below: a client update and builder,
-its `BUILDERS` line and its `ALGORITHM_SETTINGS` line) are added the way the
-recipes say, then trained and reported by the real runner code
+its `AlgorithmSpec` entry) are added the way the recipes say, then trained and reported by the real runner code
 (`train_lib.train`).
 
 The toy algorithm, "FedAlt-Prox": FedAlt whose
 u pass adds mu (u - u_t) to the gradient (a FedProx pull toward the broadcast
-u_t), configured from `client_work.local_sgd` with a `Trainable.penalty`.
+u_t), configured from `local_training.local_sgd` with a `Trainable.penalty`.
 """
 
 import os
@@ -18,10 +17,12 @@ import pytest
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from partial_personalization import client_work
-from partial_personalization import partition as partition_lib
-from partial_personalization import personalized_process
-from runners import builders_lib
+from partial_personalization import algorithms
+from partial_personalization.models import partition as partition_lib
+from partial_personalization.templates import client_work
+from partial_personalization.templates import composers
+from partial_personalization.templates import local_training
+from runners import algorithm_registry
 from runners import config_lib
 from runners import train_lib
 from runners import weights_lib
@@ -35,37 +36,37 @@ def build_fedalt_prox_process(model_fn, *, loss_fn, metrics_fn=None, client_opti
                               model_aggregator=None,
                               client_weighting=tff.learning.ClientWeighting.NUM_EXAMPLES,
                               evaluation_loss_fn=None):
-  shared_type, personal_type, data_type = personalized_process.model_types(model_fn)
+  shared_type, personal_type, data_type = composers.model_types(model_fn)
 
   @tff.tensorflow.computation(shared_type, personal_type, data_type)
   def client_update(shared, personal, dataset):
-    model, metrics, shared_vars, personal_vars = client_work.model_parts(
+    model, metrics, shared_vars, personal_vars = local_training.model_parts(
         model_fn, loss_fn, metrics_fn)
     loss = loss_fn()
 
     @tf.function
     def update(shared, personal, dataset):
-      client_work.assign(shared_vars, shared)
-      client_work.assign(personal_vars, personal)
+      local_training.assign(shared_vars, shared)
+      local_training.assign(personal_vars, personal)
       anchor = [tf.identity(t) for t in shared.trainable]
-      personal_pass = client_work.local_sgd(
+      personal_pass = local_training.local_sgd(
           model, loss,
-          [client_work.Trainable(tuple(personal_vars.trainable),
+          [local_training.Trainable(tuple(personal_vars.trainable),
                                  personal_optimizer or client_optimizer)], dataset)
       pull = lambda vs: [mu * (v - a) for v, a in zip(vs, anchor)]
-      examples = client_work.local_sgd(
-          model, loss, [client_work.Trainable(tuple(shared_vars.trainable), client_optimizer,
+      examples = local_training.local_sgd(
+          model, loss, [local_training.Trainable(tuple(shared_vars.trainable), client_optimizer,
                                               pull)],
           dataset, metrics=metrics, after=[personal_pass])
       return client_work.ClientOutput(
           shared_update=[a - v for a, v in zip(anchor, shared_vars.trainable)],
           update_weight=tf.cast(examples, tf.float32),
-          personal_weights=client_work.read_weights(personal_vars),
-          metrics=client_work.read_metrics(metrics))
+          personal_weights=local_training.read_weights(personal_vars),
+          metrics=local_training.read_metrics(metrics))
 
     return update(shared, personal, dataset)
 
-  return personalized_process.compose_with_defaults(
+  return algorithms.compose_with_defaults(
       model_fn, client_update, loss_fn=loss_fn, metrics_fn=metrics_fn,
       server_optimizer=server_optimizer, model_aggregator=model_aggregator, distributor=None,
       metrics_aggregator=None, client_weighting=client_weighting,
@@ -76,8 +77,9 @@ def build_fedalt_prox_process(model_fn, *, loss_fn, metrics_fn=None, client_opti
 def registered(monkeypatch):
   """The registry lines of the recipes (here patched in, in the code added)."""
   monkeypatch.setitem(registry.TASKS, 'toy', toy_task.spec())
-  monkeypatch.setitem(personalized_process.BUILDERS, 'fedalt_prox', build_fedalt_prox_process)
-  monkeypatch.setitem(builders_lib.ALGORITHM_SETTINGS, 'fedalt_prox', {'mu': 'prox_strength'})
+  monkeypatch.setitem(algorithm_registry.ALGORITHMS, 'fedalt_prox', algorithm_registry.AlgorithmSpec(
+      label='FedAlt-Prox', build=algorithm_registry.from_builder(build_fedalt_prox_process),
+      settings={'mu': 'prox_strength'}, personal=algorithm_registry.PERSONAL_PART))
 
 
 def _config(tmp_path, **overrides):

@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from partial_personalization import partition as partition_lib
+from partial_personalization.models import partition as partition_lib
 from runners import config_lib
 from runners import paths
 from runners import train_lib

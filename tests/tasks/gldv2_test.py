@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 # TFF's writer and reader of its GLDv2 TFRecords (not exported under tff.simulation).
-from partial_personalization.tff_compat import vision_datasets_utils
+from partial_personalization.execution.tff_compat import vision_datasets_utils
 
 from runners import config_lib
 from runners import train_lib
