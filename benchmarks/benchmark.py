@@ -10,9 +10,9 @@ number of clients, runs the executors and the two plain-TensorFlow floors,
 each case in a fresh process (see benchmarks/benchmark_lib.py). Results are
 appended to <output_dir>/benchmark.csv as they come (a rerun skips finished
 cases); the table goes to benchmark.md and stdout. `--store`: the client-state
-store at population scale instead (runners/store_benchmark_lib.py), to store.md;
+store at population scale instead (benchmarks/store_benchmark_lib.py), to store.md;
 `--converter`: the converter and caches on synthetic dumps of growing size
-(runners/converter_benchmark_lib.py), to converter.md.
+(benchmarks/converter_benchmark_lib.py), to converter.md.
 """
 
 from runners import cli  # First: TensorFlow without its start-up noise.
@@ -56,7 +56,7 @@ _GRAPPLER = flags.DEFINE_bool(
     'in the floors and in TFF\'s computations alike. Rows of both settings can share '
     'one --output_dir; "x floor" is against the fastest floor of either.')
 _PROFILE = flags.DEFINE_bool('profile', False, 'Instead of the cases: where one round\'s '
-                             'per-client time goes (runners/profile_lib.py), to profile.md.')
+                             'per-client time goes (benchmarks/profile_lib.py), to profile.md.')
 _STORE = flags.DEFINE_bool('store', False, 'Instead of the cases: the client-state store '
                            'filled for each of --store_clients (open, a round\'s work, resume '
                            'after kill -9, memory), to store.md.')

@@ -128,11 +128,12 @@ def process_cpu_seconds(pid: Optional[int] = None) -> float:
 
 def _train_config(case: Case, settings: Settings, run_dir: str):
   from runners import config_lib  # pylint: disable=g-import-not-at-top
-  algorithm = 'fedavg' if case.algorithm == 'fedavg' else 'fedalt'
+  # The evaluation case times FedAlt's model (a personal last block).
+  algorithm = 'fedalt' if case.algorithm == 'evaluation' else case.algorithm
   return config_lib.TrainConfig(
       experiment_name=os.path.basename(run_dir), root_output_dir=os.path.dirname(run_dir),
       task='stackoverflow', cache_dir=settings.data_dir, algorithm=algorithm,
-      personalization='none' if algorithm == 'fedavg' else 'last_block',
+      personalization=None,  # The algorithm's: none for FedAvg, else the last block.
       model_size=case.model_size, clients_per_round=case.clients_per_round,
       client_batch_size=settings.client_batch_size,
       max_examples_per_client=settings.max_examples_per_client, seed=settings.seed,
@@ -168,7 +169,7 @@ def _stacked(dataset):
 class _PlainClient:
   """One Keras model and a client's local training in one traced tf.function."""
 
-  def __init__(self, task, config, algorithm):
+  def __init__(self, task, config):
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     self.model = model = task.keras_model_fn()
     loss_fn = task.loss_fn()
@@ -176,7 +177,7 @@ class _PlainClient:
     personal_ids = {id(v) for v in task.partition_fn(model)}
     self.personal = [v for v in model.trainable_variables if id(v) in personal_ids]
     self.shared = [v for v in model.trainable_variables if id(v) not in personal_ids]
-    passes = [self.shared] if algorithm == 'fedavg' else [self.personal, self.shared]
+    passes = [self.personal, self.shared] if self.personal else [self.shared]
 
     def sgd_pass(xs, ys, sizes, variables):
       for i in tf.range(tf.shape(sizes)[0]):
@@ -212,7 +213,7 @@ def _plain_tf_rounds(task, config, settings: Settings, case: Case) -> list[float
   """(wall seconds, CPU seconds) of each timed round of the same local
   training (or evaluation) in plain TensorFlow."""
   threads = (os.cpu_count() or 1) if case.executor == PLAIN_TF_PARALLEL else 1
-  clients = [_PlainClient(task, config, case.algorithm) for _ in range(threads)]
+  clients = [_PlainClient(task, config) for _ in range(threads)]
   global_u = [v.numpy() for v in clients[0].shared]
   initial_v = [v.numpy() for v in clients[0].personal]
   store = {}

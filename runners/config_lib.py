@@ -574,9 +574,13 @@ def check_flags(config: TrainConfig) -> None:
   saved = read_flags(path)
   current = dataclasses.asdict(config)
   # A field the saved run did not write (newer than the run, or one it does
-  # not read) matches if it holds its default.
+  # not read) matches if it holds its default. Algorithm settings this run
+  # does not read are not compared: an older flat flags.json holds every
+  # algorithm's, and its run ignored them too.
+  read = config.algorithm_fields()
   diff = {k: (saved.get(k), v) for k, v in current.items()
-          if k not in _RESUMABLE and saved.get(k, _DEFAULTS[k]) != v}
+          if k not in _RESUMABLE and saved.get(k, _DEFAULTS[k]) != v
+          and (_FIELDS[k].metadata['section'] != 'algorithm' or k in read)}
   if diff:
     raise ValueError(
         f'{config.run_dir} holds a run with other settings {diff} (saved, given). '

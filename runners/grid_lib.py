@@ -25,6 +25,7 @@ import pandas as pd
 from partial_personalization import evaluation
 from partial_personalization.evaluation import plots
 from partial_personalization.execution import runtime
+from runners import algorithm_registry
 from runners import builders_lib
 from runners import config_lib
 from runners import train_lib
@@ -91,7 +92,7 @@ def paper_cells(*, task: str = 'stackoverflow', partitions: Optional[Sequence[st
       for stateful in (True, False):
         cells.append(Cell(
             f"{algorithm}_{part}_{'stateful' if stateful else 'stateless'}", 'partial',
-            {'fedalt': 'FedAlt', 'fedsim': 'FedSim'}[algorithm], part, stateful,
+            algorithm_registry.ALGORITHMS[algorithm].label, part, stateful,
             dict(algorithm=algorithm, personalization=personalization,
                  stateless=not stateful, **({'adapter_size': adapter_size} if adapter_size else {}))))
   return cells
@@ -360,16 +361,22 @@ def over_seeds(tables: dict[int, pd.DataFrame]) -> tuple[pd.DataFrame, pd.DataFr
   per_seed = pd.DataFrame(rows)
   done = {run for run, g in per_seed.groupby('run') if len(g) == len(tables)}
   per_seed = per_seed[per_seed.run.isin(done)]
-  pairs = [(run, 'fedsim' + run[len('fedalt'):]) for run in sorted(done)
-           if run.startswith('fedalt_') and 'fedsim' + run[len('fedalt'):] in done]
+  cells = pd.concat(tables.values()).drop_duplicates('cell').set_index('cell')
+  cells = cells[cells.index.isin(done)]
+  # FedAlt - FedSim for each partition and state that has both.
+  alt, sim = (algorithm_registry.ALGORITHMS[name].label for name in ('fedalt', 'fedsim'))
+  pairs = [(a, b) for a, ca in cells[cells.method == alt].iterrows()
+           for b, cb in cells[cells.method == sim].iterrows()
+           if (ca.partition, ca.state) == (cb.partition, cb.state)]
   runs, differences = evaluation.over_seeds(per_seed, columns=SEED_COLUMNS, baseline=BASELINE,
                                             pairs=pairs)
   markdown = evaluation.format_over_seeds(runs, differences)
-  return runs, differences, markdown + '\n\n' + findings(runs, differences, pairs)
+  return runs, differences, markdown + '\n\n' + findings(runs, differences, pairs,
+                                                          groups=cells.group.to_dict())
 
 
 def findings(runs: pd.DataFrame, differences: pd.DataFrame,
-             pairs: Sequence[tuple[str, str]]) -> str:
+             pairs: Sequence[tuple[str, str]], *, groups: dict[str, str]) -> str:
   """The paper's three findings, each decided by the 95% intervals over seeds.
 
   1. Partial personalization gets most of the gain of full personalization:
@@ -379,11 +386,14 @@ def findings(runs: pd.DataFrame, differences: pd.DataFrame,
      (does not hold if one lies below 0; unresolved otherwise).
   3. Personalization hurts some clients: the hurt fraction's interval lies
      above 0 for every partial cell.
+
+  `groups`: run -> its cell's group ('partial' or 'full'); `pairs`: the
+  (FedAlt, FedSim) runs of one partition and state.
   """
   gains = {name.split(' - ')[0]: d for name, d in differences.iterrows()
            if name.endswith(f' - {BASELINE}')}
-  partial = {k: d for k, d in gains.items() if k.startswith(('fedalt_', 'fedsim_'))}
-  full = {k: d for k, d in gains.items() if k in ('finetune', 'ditto', 'pfedme')}
+  partial = {k: d for k, d in gains.items() if groups.get(k) == 'partial'}
+  full = {k: d for k, d in gains.items() if groups.get(k) == 'full'}
   lines = ['| finding | verdict | evidence |', '|---|---|---|']
   if partial and full:
     best_p = max(partial, key=lambda k: partial[k].difference)
@@ -400,10 +410,10 @@ def findings(runs: pd.DataFrame, differences: pd.DataFrame,
                'does not hold' if any(d.high < 0 for d in alt) else
                'unresolved (intervals include 0)')
     lines.append(f'| FedAlt beats FedSim | {verdict} | '
-                 + '; '.join(f'{a[len("fedalt_"):]} {d.difference:+.2%} '
-                             f'[{d.low:+.2%}, {d.high:+.2%}]' for (a, _), d in zip(pairs, alt))
+                 + '; '.join(f'{a} - {b} {d.difference:+.2%} '
+                             f'[{d.low:+.2%}, {d.high:+.2%}]' for (a, b), d in zip(pairs, alt))
                  + ' |')
-  hurt = runs[runs.index.str.startswith(('fedalt_', 'fedsim_'))]
+  hurt = runs[[groups.get(run) == 'partial' for run in runs.index]]
   if len(hurt):
     holds = bool((hurt.hurt_fraction_low > 0).all())
     lines.append(f"| personalization hurts some clients | {'holds' if holds else 'not in every cell'}"

@@ -1,10 +1,11 @@
-"""Every binary of //runners starts clean and reports a usage error in one line.
+"""Every binary of //runners and //benchmarks starts clean and reports a usage
+error in one line.
 
 Each binary is started as a user starts it (`python -m runners.<name>`, the
 environment of tools/env.sh) with a bad flag: stderr must be exactly one line,
 `error: <reason>`, with exit status 2; TensorFlow's start-up noise (the cuDNN,
 cuFFT and cuBLAS registration lines) or absl's page of help would be more lines.
-The list of binaries is read from runners/BUILD, so a new one is checked too.
+The list of binaries is read from the BUILD files, so a new one is checked too.
 """
 
 import concurrent.futures
@@ -19,19 +20,25 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__
 
 
 def binaries() -> list[str]:
-  with open(os.path.join(REPO, 'runners', 'BUILD')) as f:
-    return re.findall(r'py_binary\(\s*name = "(\w+)"', f.read())
+  """Module names of the binaries, e.g. 'runners.train', 'benchmarks.benchmark'."""
+  names = []
+  for folder in ('runners', 'benchmarks'):
+    with open(os.path.join(REPO, folder, 'BUILD')) as f:
+      names += [f'{folder}.{n}' for n in re.findall(r'py_binary\(\s*name = "(\w+)"', f.read())]
+  return names
 
 
 def _run(binary: str, *args: str) -> subprocess.CompletedProcess:
+  module = binary if '.' in binary else f'runners.{binary}'
   env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL='2')
-  return subprocess.run([sys.executable, '-m', f'runners.{binary}', *args], cwd=REPO,
+  return subprocess.run([sys.executable, '-m', module, *args], cwd=REPO,
                         env=env, capture_output=True, text=True, timeout=300)
 
 
 def test_every_binary_starts_clean_and_a_bad_flag_is_one_line():
   names = binaries()
-  assert {'train', 'main_job', 'convert_stackexchange', 'worker'} <= set(names)
+  assert {'runners.train', 'runners.main_job', 'runners.worker',
+          'benchmarks.benchmark'} <= set(names)
   with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
     results = dict(zip(names, pool.map(lambda b: _run(b, '--no_such_flag=1'), names)))
   wrong = {name: (r.returncode, r.stderr[-600:]) for name, r in results.items()
@@ -44,6 +51,8 @@ def test_every_binary_starts_clean_and_a_bad_flag_is_one_line():
     ('main_job', ['--seeds=0'], 'error: --seeds needs at least 2 distinct seeds'),
     ('train', ['--experiment_name=x', '--seed=1.5'], 'error: flag --seed=1.5: '),
     ('convert_stackexchange', ['extra'], "error: unexpected arguments: ['extra']"),
+    ('train', ['--experiment_name=x', '--algorithm=fedsim', '--tau_v=5'],
+     'error: --tau_v does not apply to --algorithm=fedsim (its settings: '),
 ])
 def test_usage_errors_are_one_line_exit_2(binary, args, message):
   result = _run(binary, *args)

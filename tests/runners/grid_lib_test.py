@@ -7,14 +7,18 @@ from runners import grid_lib
 
 def _table(seed_shift, *, alt_minus_sim):
   """A grid table of one seed: FedAvg, one full cell, FedAlt/FedSim on one part."""
-  def row(cell, mean, hurt=None):
-    return {'cell': cell, 'personalized_mean': mean + seed_shift, 'personalized_p10': mean / 2,
+  def row(cell, group, method, mean, hurt=None):
+    partition = 'last_block' if group == 'partial' else group
+    return {'cell': cell, 'group': group, 'method': method, 'partition': partition,
+            'state': 'stateful' if group == 'partial' else '',
+            'personalized_mean': mean + seed_shift, 'personalized_p10': mean / 2,
             'hurt_fraction': hurt, 'gated_personalized_mean': mean,
             'gated_hurt_fraction': hurt and hurt / 4}
   return pd.DataFrame([
-      row('fedavg', 0.10), row('finetune', 0.12, 0.4),
-      row('fedalt_last_block_stateful', 0.115 + alt_minus_sim, 0.3),
-      row('fedsim_last_block_stateful', 0.115, 0.2 + seed_shift)])
+      row('fedavg', 'none', 'Non-personalized (FedAvg)', 0.10),
+      row('finetune', 'full', 'Local finetuning', 0.12, 0.4),
+      row('fedalt_last_block_stateful', 'partial', 'FedAlt', 0.115 + alt_minus_sim, 0.3),
+      row('fedsim_last_block_stateful', 'partial', 'FedSim', 0.115, 0.2 + seed_shift)])
 
 
 def test_findings_follow_the_intervals():

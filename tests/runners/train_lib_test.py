@@ -1,6 +1,7 @@
 """train_lib: which runs share a traced computation (memoized); settings checks."""
 
 import dataclasses
+import json
 import os
 import uuid
 
@@ -108,6 +109,24 @@ def test_damaged_flags_json_is_an_error_that_changes_nothing(two_sites_cache_dir
   assert (run / 'client_state.sqlite').read_bytes() == b'state'
   assert sorted(p.name for p in run.iterdir()) == sorted(
       ['.lock', 'client_state.sqlite'] + (['flags.json'] if damage == 'truncate' else []))
+
+
+def test_a_run_with_an_old_flat_flags_json_resumes(two_sites_cache_dir, tmp_path):
+  """Run directories from before the sectioned flags.json resume, and their
+  flags.json is rewritten by section (without other algorithms' settings)."""
+  config = _real(two_sites_cache_dir, tmp_path, algorithm='fedsim', total_rounds=1,
+                 max_examples_per_client=16, report=False)
+  train_lib.train(config)
+  path = os.path.join(config.run_dir, 'flags.json')
+  with open(path, 'w') as f:  # Every field flat, as runs started before wrote it.
+    json.dump(dict(dataclasses.asdict(config), tau_v=3, inner_steps=7), f)
+  result = train_lib.train(dataclasses.replace(config, total_rounds=2))
+  assert result['rounds_run'] == 1
+  with open(path) as f:
+    saved = json.load(f)
+  assert saved['algorithm'] == {'tau_u': 1, 'local_unit': 'epochs', 'personal_l2': 0.0,
+                                'stateless': False}
+  assert 'tau_v' not in config_lib.read_flags(path)
 
 
 def test_init_from_a_run_of_another_model_is_an_error(two_sites_cache_dir, tmp_path):
