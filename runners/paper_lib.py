@@ -15,7 +15,7 @@ seed:
    finetuning epochs of each method is chosen on the first seed's heldout
    split among `finetune_epochs` (never on test), then used for every seed.
 3. Per-client test accuracy of every method, each client's change against
-   FedAvg with a paired test over its sentences (`paired_evaluation`), and the
+   FedAvg with a paired test over its sentences (`evaluation.paired`), and the
    findings as differences with 95% intervals over seeds and clients
    (`intervals.two_level_bootstrap`).
 

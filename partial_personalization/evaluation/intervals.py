@@ -15,7 +15,7 @@ population (a client's change is itself measured on a few hundred tokens).
   2.5% and 97.5% percentiles are the 95% interval.
 * `client_change_intervals`: one client's accuracy change between two models,
   with a 95% bootstrap interval over the client's test sentences (both models
-  scored on the same sentences, `paired_evaluation`). A client is
+  scored on the same sentences, `paired`). A client is
   *significantly hurt* when the whole interval lies below 0: the raw count of
   clients whose accuracy fell includes those whose fall is test noise.
 """
@@ -97,7 +97,7 @@ def client_change_intervals(sentences: pd.DataFrame, *, replicates: int = 2000,
   """Each client's change b - a with a bootstrap interval over its sentences.
 
   Args:
-    sentences: `paired_evaluation.evaluate_pairs` rows (client_id, a, b,
+    sentences: `paired.evaluate_pairs` rows (client_id, a, b,
       count): per sentence, the metric's total under model a (the baseline)
       and model b (the personalized one), and its count.
 

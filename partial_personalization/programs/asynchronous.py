@@ -2,7 +2,7 @@
 it arrives, computed from the (stale) u the client started from.
 
 Mishchenko et al., TMLR 2025, Algorithm 3 (asynchronous FFGG); it runs any
-algorithm of `personalized_process` the same way. The simulation keeps
+algorithm of `algorithms` the same way. The simulation keeps
 `concurrency` clients in flight. A client starting at server version t trains
 on u_t right away (its output is fixed then) and arrives `delay` simulated time
 units later; arrivals are applied one by one in time order (ties: start order)

@@ -10,7 +10,7 @@ parts, each checked against the others' types when composed:
   metrics_aggregation      metrics@CLIENTS -> @SERVER      federated computation
 What differs between FedAlt, FedSim, FFGG, Ditto and pFedMe is only the client
 update (`client_work.ClientOutput` is the contract); the builders of
-`personalized_process` make it and the default parts.
+`algorithms` make it and the default parts (`algorithms.defaults`).
 
 The state is TFF's `LearningAlgorithmState`, SERVER-placed:
 `global_model_weights` holds u (a `ModelWeights`). Signatures (v and data

@@ -1,4 +1,4 @@
-"""paired_evaluation and intervals: per-sentence scores add up to the task's
+"""evaluation.paired and intervals: per-sentence scores add up to the task's
 own evaluation, and the intervals behave as their definitions say."""
 
 import sys
