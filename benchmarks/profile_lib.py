@@ -62,7 +62,11 @@ def _timed(fn, repeats=1):
 
 def _profile_in_child(settings: ProfileSettings, queue) -> None:
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from partial_personalization.state import client_state, runtime, training_loop  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from partial_personalization.execution import runtime
+  from partial_personalization.programs import training_loop
+  from partial_personalization.state import client_state
+  # pylint: enable=g-import-not-at-top
   import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
   from runners import config_lib  # pylint: disable=g-import-not-at-top
   from runners import builders_lib  # pylint: disable=g-import-not-at-top

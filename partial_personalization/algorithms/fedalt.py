@@ -12,7 +12,6 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from partial_personalization.algorithms import defaults
-from partial_personalization.templates import client_work
 from partial_personalization.templates import local_training
 
 
@@ -22,7 +21,7 @@ def build_fedalt_client_update(
     client_optimizer: tff.learning.optimizers.Optimizer,
     personal_optimizer: tff.learning.optimizers.Optimizer, tau_u: int, tau_v: int,
     local_unit: str, personal_l2: float = 0.0) -> tff.Computation:
-  """`(u, v_i, dataset) -> client_work.ClientOutput` of FedAlt for one client.
+  """`(u, v_i, dataset) -> templates.client_work.ClientOutput` of FedAlt for one client.
 
   Args:
     model_fn, loss_fn, metrics_fn: As the builders' (`defaults.PARTS_DOC`).
@@ -68,12 +67,8 @@ def build_fedalt_client_update(
       num_examples = local_training.local_sgd(
           model, loss, shared_part, local_training.phase_dataset(dataset, tau_u, local_unit),
           metrics=metrics, after=personal_pass)
-      return client_work.ClientOutput(
-          shared_update=tf.nest.map_structure(tf.subtract, initial_shared,
-                                              shared_vars.trainable),
-          update_weight=tf.cast(num_examples, tf.float32),
-          personal_weights=local_training.read_weights(personal_vars),
-          metrics=local_training.read_metrics(metrics))
+      return local_training.client_output(initial_shared, shared_vars, personal_vars,
+                                          num_examples, metrics)
 
     return local_update(shared, personal, dataset)
 

@@ -12,7 +12,6 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from partial_personalization.algorithms import defaults
-from partial_personalization.templates import client_work
 from partial_personalization.templates import local_training
 
 
@@ -22,7 +21,7 @@ def build_fedsim_client_update(
     client_optimizer: tff.learning.optimizers.Optimizer,
     personal_optimizer: tff.learning.optimizers.Optimizer, tau_u: int, local_unit: str,
     personal_l2: float = 0.0) -> tff.Computation:
-  """`(u, v_i, dataset) -> client_work.ClientOutput` of FedSim for one client.
+  """`(u, v_i, dataset) -> templates.client_work.ClientOutput` of FedSim for one client.
 
   Arguments as `fedalt.build_fedalt_client_update`, but `tau_u` (>= 0) counts
   the joint passes on (u, v_i): one gradient per batch steps both, u with
@@ -50,12 +49,8 @@ def build_fedsim_client_update(
       num_examples = local_training.local_sgd(
           model, loss, joint, local_training.phase_dataset(dataset, tau_u, local_unit),
           metrics=metrics)
-      return client_work.ClientOutput(
-          shared_update=tf.nest.map_structure(tf.subtract, initial_shared,
-                                              shared_vars.trainable),
-          update_weight=tf.cast(num_examples, tf.float32),
-          personal_weights=local_training.read_weights(personal_vars),
-          metrics=local_training.read_metrics(metrics))
+      return local_training.client_output(initial_shared, shared_vars, personal_vars,
+                                          num_examples, metrics)
 
     return local_update(shared, personal, dataset)
 

@@ -81,16 +81,7 @@ def build_personalized_evaluation(
       shared_type=shared_type, personal_type=personal_type, data_type=data_type,
       whole_model=whole_model)
 
-  @tff.federated_computation(
-      tff.FederatedType(shared_type, tff.SERVER),
-      tff.FederatedType(personal_type, tff.CLIENTS),
-      tff.FederatedType(data_type, tff.CLIENTS),
-  )
-  def evaluate(shared, personal_weights, client_data):
-    return tff.federated_map(
-        client_eval, (tff.federated_broadcast(shared), personal_weights, client_data))
-
-  return evaluate
+  return on_each_client(client_eval)
 
 
 def build_personal_finetuning(
@@ -134,13 +125,21 @@ def build_personal_finetuning(
 
     return run(shared, personal, dataset)
 
-  @tff.federated_computation(
-      tff.FederatedType(shared_type, tff.SERVER),
-      tff.FederatedType(personal_type, tff.CLIENTS),
-      tff.FederatedType(data_type, tff.CLIENTS),
-  )
-  def finetune(shared, personal_weights, client_data):
-    return tff.federated_map(
-        finetune_client, (tff.federated_broadcast(shared), personal_weights, client_data))
+  return on_each_client(finetune_client)
 
-  return finetune
+
+def on_each_client(client_computation: tff.Computation) -> tff.Computation:
+  """`(u@SERVER, v@CLIENTS, data@CLIENTS) -> result@CLIENTS` of a client
+  computation `(u, v_i, data_i) -> result`: u broadcast, then mapped."""
+  parameter = client_computation.type_signature.parameter
+
+  @tff.federated_computation(
+      tff.FederatedType(parameter[0], tff.SERVER),
+      tff.FederatedType(parameter[1], tff.CLIENTS),
+      tff.FederatedType(parameter[2], tff.CLIENTS),
+  )
+  def on_clients(shared, personal_weights, client_data):
+    return tff.federated_map(
+        client_computation, (tff.federated_broadcast(shared), personal_weights, client_data))
+
+  return on_clients

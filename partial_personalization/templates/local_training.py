@@ -15,6 +15,8 @@ from typing import Callable, NamedTuple, Optional, Sequence
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from partial_personalization.templates import client_work
+
 ModelWeights = tff.learning.models.ModelWeights
 # Units of tau_u and tau_v: passes over the client's data, or batches.
 LOCAL_UNITS = ('epochs', 'steps')
@@ -154,3 +156,15 @@ def personal_trainable(personal_vars: ModelWeights, optimizer, personal_l2: floa
     return []
   decay = (lambda vs: [personal_l2 * v for v in vs]) if personal_l2 else None
   return [Trainable(tuple(personal_vars.trainable), optimizer, decay)]
+
+
+def client_output(initial_shared, shared_vars: ModelWeights, personal_vars: ModelWeights,
+                  num_examples: tf.Tensor, metrics) -> client_work.ClientOutput:
+  """The `ClientOutput` of an update that stepped u from `initial_shared` (its
+  trainable values) over `num_examples` examples: u's update, its weight, the
+  new v_i and the metrics."""
+  return client_work.ClientOutput(
+      shared_update=tf.nest.map_structure(tf.subtract, initial_shared, shared_vars.trainable),
+      update_weight=tf.cast(num_examples, tf.float32),
+      personal_weights=read_weights(personal_vars),
+      metrics=read_metrics(metrics))

@@ -1,6 +1,5 @@
 """Client groups and group personalization (global, then group, then local) on real data."""
 
-import json
 import os
 
 import numpy as np
@@ -111,8 +110,7 @@ def test_three_stages_report_every_variant(cache_dir, tmp_path):
   # The control made at least the group stage's client updates, on every client.
   sizes = pd.Series(convert_lib.load_client_groups(cache_dir)).value_counts()
   updates = group_lib.group_stage_updates(common, settings, sizes)
-  with open(os.path.join(str(tmp_path), 'extra', 'flags.json')) as f:
-    extra = json.load(f)
+  extra = config_lib.read_flags(os.path.join(str(tmp_path), 'extra', 'flags.json'))
   assert extra['init_from'] == os.path.join(str(tmp_path), 'global')
   assert updates == sum(2 * min(4, n) for n in sizes) > 0
   assert 0 <= extra['total_rounds'] * 4 - updates < 4

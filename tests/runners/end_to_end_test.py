@@ -1,7 +1,6 @@
 """A few rounds on two real Stack Exchange sites: FedAvg, then FedAlt and FedSim from it."""
 
 import collections
-import json
 import os
 import sys
 
@@ -77,8 +76,8 @@ def test_fedavg_then_personalization(cache_dir, tmp_path):
     assert dict(zip(per_client.client_id, per_client.participations)) == dict(sampled)
     by = pd.read_csv(os.path.join(result['run_dir'], 'report', 'by_participations.csv'))
     assert list(by.participations) == ['3+'] and by.clients.sum() == CLIENTS
-    with open(os.path.join(result['run_dir'], 'flags.json')) as f:
-      assert json.load(f)['algorithm'] == algorithm
+    saved = config_lib.read_flags(os.path.join(result['run_dir'], 'flags.json'))
+    assert saved['algorithm'] == algorithm
 
 
 def test_grid_cells_table_and_gating(cache_dir, tmp_path):
