@@ -132,7 +132,7 @@ def _profile_in_child(settings: ProfileSettings, queue) -> None:
       add('train', 'TFF call, per batch: v step + u step (CPU)', slope, 1)
 
       # The same steps in plain TF, one client at a time: the compute and metrics' share.
-      client = benchmark_lib._PlainClient(task, config, 'fedalt')  # pylint: disable=protected-access
+      client = benchmark_lib._PlainClient(task, config)  # pylint: disable=protected-access
       stacked = [benchmark_lib._stacked(task.train_dataset(c, s)) for c, s in zip(ids, seeds)]  # pylint: disable=protected-access
       client.train(*stacked[0])
       (_, cpu), _ = _timed(lambda: [client.train(*x) for x in stacked], settings.repeats)
