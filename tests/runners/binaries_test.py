@@ -51,8 +51,9 @@ def test_every_binary_starts_clean_and_a_bad_flag_is_one_line():
     ('main_job', ['--seeds=0'], 'error: --seeds needs at least 2 distinct seeds'),
     ('train', ['--experiment_name=x', '--seed=1.5'], 'error: flag --seed=1.5: '),
     ('convert_stackexchange', ['extra'], "error: unexpected arguments: ['extra']"),
-    ('train', ['--experiment_name=x', '--algorithm=fedsim', '--tau_v=5'],
-     'error: --tau_v does not apply to --algorithm=fedsim (its settings: '),
+    pytest.param('train', ['--experiment_name=x', '--algorithm=fedsim', '--tau_v=5'],
+                 'error: --tau_v does not apply to --algorithm=fedsim (its settings: ',
+                 marks=pytest.mark.slow),  # One more binary start; config_lib_test covers it fast.
 ])
 def test_usage_errors_are_one_line_exit_2(binary, args, message):
   result = _run(binary, *args)

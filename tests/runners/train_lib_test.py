@@ -111,6 +111,7 @@ def test_damaged_flags_json_is_an_error_that_changes_nothing(two_sites_cache_dir
       ['.lock', 'client_state.sqlite'] + (['flags.json'] if damage == 'truncate' else []))
 
 
+@pytest.mark.slow  # trains two rounds
 def test_a_run_with_an_old_flat_flags_json_resumes(two_sites_cache_dir, tmp_path):
   """Run directories from before the sectioned flags.json resume, and their
   flags.json is rewritten by section (without other algorithms' settings)."""
