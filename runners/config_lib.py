@@ -427,7 +427,7 @@ class TrainConfig:
       raise ValueError('--total_rounds must be >= 0 (0: evaluate the start model only)')
 
   def _resolve_task_defaults(self):
-    """Fills task-dependent defaults; rejects options of another task."""
+    """Fills task-dependent defaults."""
     params = inspect.signature(registry.TASKS[self.task].module.create_task).parameters
     if self.cache_dir is None:
       self.cache_dir = os.path.join('data_cache', self.task)
@@ -436,29 +436,32 @@ class TrainConfig:
                               else params['personalization'].default)
     if self.model is None and 'model' in params:
       self.model = params['model'].default
-    used = set(registry.TASKS[self.task].options.values())
-    for field in dataclasses.fields(self):
-      other_task = field.metadata['section'] == 'task' and field.name not in used
-      if other_task and getattr(self, field.name) != field.default:
-        raise ValueError(f'--{field.name} does not apply to --task={self.task}')
 
   def _refuse_unread(self):
-    """Refuses, in one line, a setting this run would ignore: another
-    algorithm's, or a feature's setting without its switch."""
+    """Refuses, in one line, a setting this run would ignore (`_ignored`)."""
     read = self.algorithm_fields()
     for field in dataclasses.fields(self):
-      value, meta = getattr(self, field.name), field.metadata
-      if value == field.default:
-        continue
-      if meta['section'] == 'algorithm' and field.name not in read:
-        own = sorted(name for name in read if _FIELDS[name].metadata['section'] == 'algorithm')
-        uses = (f'its settings: {", ".join(f"--{name}" for name in own)}' if own
-                else 'it has no settings of its own')
-        raise ValueError(f'--{field.name} does not apply to --algorithm={self.algorithm} '
-                         f'({uses})')
-      switch = meta['switch']
-      if switch and getattr(self, switch) == _DEFAULTS[switch]:
-        raise ValueError(f'--{field.name} applies only with --{switch}')
+      if getattr(self, field.name) != field.default:
+        why = self._ignored(field, read)
+        if why:
+          raise ValueError(why)
+
+  def _ignored(self, field: dataclasses.Field, read: set[str]) -> Optional[str]:
+    """Why this run ignores `field` (the error if it is set), or None if it
+    reads it: another task's option, another algorithm's setting
+    (`read`: `algorithm_fields()`), a simulation's setting while it is off."""
+    meta = field.metadata
+    if meta['section'] == 'task' and field.name not in registry.TASKS[self.task].options.values():
+      return f'--{field.name} does not apply to --task={self.task}'
+    if meta['section'] == 'algorithm' and field.name not in read:
+      own = sorted(name for name in read if _FIELDS[name].metadata['section'] == 'algorithm')
+      uses = (f'its settings: {", ".join(f"--{name}" for name in own)}' if own
+              else 'it has no settings of its own')
+      return f'--{field.name} does not apply to --algorithm={self.algorithm} ({uses})'
+    switch = meta['switch'] or (field.name if meta['section'] == 'simulation' else None)
+    if switch and getattr(self, switch) == _DEFAULTS[switch]:
+      return f'--{field.name} applies only with --{switch}'
+    return None
 
   def algorithm_fields(self) -> set[str]:
     """The settings of the 'algorithm' section this run reads: its algorithm's
@@ -483,19 +486,11 @@ class TrainConfig:
     """The settings by section (`SECTIONS`), without those this run does not
     read: other tasks' options, other algorithms' settings, simulations not
     switched on. What flags.json holds."""
-    task_options = set(registry.TASKS[self.task].options.values())
     read = self.algorithm_fields()
     out = {section: {} for section in SECTIONS}
     for field in dataclasses.fields(self):
-      meta, value = field.metadata, getattr(self, field.name)
-      if meta['section'] == 'task' and field.name not in task_options:
-        continue
-      if meta['section'] == 'algorithm' and field.name not in read:
-        continue
-      if meta['section'] == 'simulation' and getattr(self, meta['switch'] or field.name) == \
-          _DEFAULTS[meta['switch'] or field.name]:
-        continue
-      out[meta['section']][field.name] = value
+      if self._ignored(field, read) is None:
+        out[field.metadata['section']][field.name] = getattr(self, field.name)
     return {section: values for section, values in out.items() if values}
 
   @property
@@ -517,10 +512,6 @@ def fields_where(**properties) -> tuple[str, ...]:
   e.g. `fields_where(path=True)`, `fields_where(traced='never')`."""
   return tuple(name for name, f in _FIELDS.items()
                if all(f.metadata[k] == v for k, v in properties.items()))
-
-
-def help_text(name: str) -> str:
-  return _FIELDS[name].metadata['help']
 
 
 PATH_FIELDS = fields_where(path=True)

@@ -50,8 +50,7 @@ def build_fedalt_client_update(
     model, metrics, shared_vars, personal_vars = local_training.model_parts(
         model_fn, loss_fn, metrics_fn)
     loss = loss_fn()
-    shared_part = ([local_training.Trainable(tuple(shared_vars.trainable), client_optimizer)]
-                   if shared_vars.trainable else [])
+    shared_part = local_training.shared_trainable(shared_vars, client_optimizer)
 
     @tf.function
     def local_update(shared, personal, dataset):

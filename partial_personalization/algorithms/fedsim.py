@@ -37,9 +37,8 @@ def build_fedsim_client_update(
     model, metrics, shared_vars, personal_vars = local_training.model_parts(
         model_fn, loss_fn, metrics_fn)
     loss = loss_fn()
-    joint = ([local_training.Trainable(tuple(shared_vars.trainable), client_optimizer)]
-             if shared_vars.trainable else [])
-    joint += local_training.personal_trainable(personal_vars, personal_optimizer, personal_l2)
+    joint = (local_training.shared_trainable(shared_vars, client_optimizer)
+             + local_training.personal_trainable(personal_vars, personal_optimizer, personal_l2))
 
     @tf.function
     def local_update(shared, personal, dataset):

@@ -148,6 +148,13 @@ def read_weights(variables: ModelWeights) -> ModelWeights:
   return tf.nest.map_structure(lambda v: v.read_value(), variables)
 
 
+def shared_trainable(shared_vars: ModelWeights, optimizer) -> list:
+  """u's trainable variables with their optimizer; [] when u has none."""
+  if not shared_vars.trainable:
+    return []
+  return [Trainable(tuple(shared_vars.trainable), optimizer)]
+
+
 def personal_trainable(personal_vars: ModelWeights, optimizer, personal_l2: float) -> list:
   """v's trainable variables with their optimizer and weight decay
   (`personal_l2 * v`: (personal_l2 / 2) ||v||^2 added to the loss); [] when v
